@@ -1,0 +1,38 @@
+"""Two kinds of failure, kept apart.
+
+``UserError`` is the user's to fix (a missing file, a bad flag, a check command that does not
+exist): the CLI prints its one-line message, plus the hint if there is one, and exits with 2.
+Anything else is a bug in bisector and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_GOOD = 0
+EXIT_BAD = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input. Printed as one line; exit code 2.
+
+    >>> raise UserError("model.onnx: no such file", hint="check the path")
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class MissingDependency(UserError):
+    """An optional dependency (onnxruntime, tensorrt) is not installed."""
+
+
+class SessionAborted(Exception):
+    """The run was stopped on purpose (Ctrl-C, `q` at a prompt, --on-crash abort).
+
+    The session on disk is consistent and can be resumed.
+    """

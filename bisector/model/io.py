@@ -1,0 +1,226 @@
+"""Load and save ONNX models without ever holding or copying the weights twice.
+
+A model is loaded *without* its external data: initializers stored outside the ``.onnx`` file keep
+their ``external_data`` references and are read by onnxruntime (or TensorRT) straight from the
+original file. Models whose weights are embedded are externalized once per session
+(:func:`externalize`), so every derived model (a reduce candidate, a mixed-precision model) is a
+small protobuf that *references* the weight file instead of copying it.
+
+Example::
+
+    m = load("resnet.onnx")             # ModelProto, weights left on disk
+    base = weights_dir(m)               # where its external weights live
+    save(m, "iter/polygraphy_debug.onnx", weights_from=base)  # links the weight files in
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from bisector.errors import UserError
+
+# Initializers at least this large are moved to the session's weight file.
+EXTERNALIZE_THRESHOLD_BYTES = 1024
+# onnxruntime refuses IR versions newer than it knows; this is the oldest we ever lower to.
+MIN_IR_VERSION = 7
+# Attribute that records where a loaded model came from (not part of ONNX).
+_ORIGIN = "_bisector_base_dir"
+
+
+def load(path: str | os.PathLike, *, check_external: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model, leaving external weights on disk.
+
+    Raises ``UserError`` (exit 2) for a missing file, a file that is not ONNX, a truncated
+    protobuf, or (with ``check_external``) a missing external-data file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, not an ONNX model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises others
+        raise UserError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+    if len(model.graph.node) == 0 and len(model.graph.output) == 0:
+        raise UserError(f"{p}: not an ONNX model (no graph found; truncated or a different format?)")
+    if check_external:
+        missing = missing_external_files(model, p.parent)
+        if missing:
+            raise UserError(
+                f"{p}: external data file {missing[0]!r} not found next to the model",
+                hint="keep the weight file beside the .onnx file, as it was exported",
+            )
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "no detail"
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """Every distinct external-data location referenced by the model, in first-seen order."""
+    seen: dict[str, None] = {}
+    for t in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(t):
+            for entry in t.external_data:
+                if entry.key == "location":
+                    seen.setdefault(entry.value, None)
+    return list(seen)
+
+
+def missing_external_files(model: onnx.ModelProto, base_dir: Path) -> list[str]:
+    return [loc for loc in external_locations(model) if not (base_dir / loc).exists()]
+
+
+def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "weights.bin",
+                threshold: int = EXTERNALIZE_THRESHOLD_BYTES) -> None:
+    """Move embedded initializers of ``threshold`` bytes or more into ``weights_dir/location``.
+
+    Done once per session. Already-external tensors are left where they are. Modifies ``model``
+    in place; afterwards it is small and every derived model can reference the same file.
+    """
+    tensors = [t for t in external_data_helper._get_all_tensors(model)
+               if not external_data_helper.uses_external_data(t)
+               and t.HasField("raw_data") and len(t.raw_data) >= threshold]
+    if not tensors:
+        return
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    target = weights_dir / location
+    with open(target, "ab") as f:
+        for t in tensors:
+            offset = f.tell()
+            f.write(t.raw_data)
+            length = len(t.raw_data)
+            external_data_helper.set_external_data(t, location=location, offset=offset, length=length)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            t.ClearField("raw_data")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) -> None:
+    """Make every external file of ``model`` reachable from ``dest_dir`` by its relative location.
+
+    Symlinks (falling back to hard links, then copies only if the file system allows neither), so
+    TensorRT's parser, which rejects ``../`` in locations, can read a candidate written anywhere.
+    """
+    weights_from = Path(weights_from).resolve()
+    dest_dir = Path(dest_dir)
+    if weights_from == dest_dir.resolve():
+        return
+    for loc in external_locations(model):
+        src = weights_from / loc
+        dst = dest_dir / loc
+        if dst.exists() or dst.is_symlink():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(src, dst)
+        except OSError:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path | None = None) -> Path:
+    """Write ``model`` (small: its weights stay external) to ``path``.
+
+    ``weights_from`` is the directory its external locations are relative to; those files are
+    linked next to ``path``. Raises ``UserError`` when the directory is not writable or the disk
+    is full.
+    """
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = model.SerializeToString()
+        with open(p, "wb") as f:
+            f.write(data)
+        if weights_from is not None:
+            link_external(model, weights_from, p.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {p}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # protobuf refuses > 2 GB: weights were not externalized
+        raise UserError(f"cannot write {p}: {exc}", hint="weights must be external for models over 2 GB") from None
+    return p
+
+
+def save_standalone(model: onnx.ModelProto, path: str | os.PathLike, weights_from: Path | None) -> Path:
+    """Write a self-contained copy: embedded weights if under 2 GB, else one external file beside it.
+
+    Used for results (``reduced.onnx``) that users attach to bug reports.
+    """
+    p = Path(path)
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    if weights_from is not None and external_locations(full):
+        external_data_helper.load_external_data_for_model(full, str(weights_from))
+    size = full.ByteSize() if full.ByteSize() < 2**31 - 1 else 2**31
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if size < 2**31 - 1:
+            onnx.save(full, str(p))
+        else:
+            onnx.save(full, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=p.name + ".data")
+    except OSError as exc:
+        raise UserError(f"cannot write {p}: {exc.strerror or exc}") from None
+    return p
+
+
+@functools.lru_cache(maxsize=1)
+def max_runtime_ir_version() -> int:
+    """The newest ONNX IR version the installed onnxruntime accepts (probed once, cached)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return onnx.IR_VERSION
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for ir in range(onnx.IR_VERSION, MIN_IR_VERSION - 1, -1):
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = ir
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:
+            continue
+    return MIN_IR_VERSION
+
+
+def normalize_ir(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Lower ``model.ir_version`` to what the installed onnxruntime accepts (in place).
+
+    onnx 1.23 writes IR 14, which onnxruntime 1.31 rejects. IR 3 models (initializers listed among
+    graph inputs) are raised to 4 after :func:`drop_initializer_inputs`.
+    """
+    limit = max_runtime_ir_version()
+    if model.ir_version > limit:
+        model.ir_version = limit
+    return model
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR 3 models list every initializer among the graph inputs: those are weights, not inputs.
+
+    Removes them from ``graph.input`` and raises the IR version to at least 4 (in place).
+    """
+    inits = {t.name for t in model.graph.initializer}
+    if inits & {i.name for i in model.graph.input}:
+        keep = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    if model.ir_version < 4:
+        model.ir_version = 4
+    return model
