@@ -80,12 +80,12 @@ def missing_external_files(model: onnx.ModelProto, base_dir: Path) -> list[str]:
     return [loc for loc in external_locations(model) if not (base_dir / loc).exists()]
 
 
-def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "weights.bin",
+def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bisector.weights",
                 threshold: int = EXTERNALIZE_THRESHOLD_BYTES) -> None:
     """Move embedded initializers of ``threshold`` bytes or more into ``weights_dir/location``.
 
-    Done once per session. Already-external tensors are left where they are. Modifies ``model``
-    in place; afterwards it is small and every derived model can reference the same file.
+    Done once per session (rewritten identically on resume). Already-external tensors are left
+    where they are. Modifies ``model`` in place; afterwards it is small and every derived model can reference the same file.
     """
     tensors = [t for t in external_data_helper._get_all_tensors(model)
                if not external_data_helper.uses_external_data(t)
@@ -94,7 +94,9 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "weig
         return
     weights_dir.mkdir(parents=True, exist_ok=True)
     target = weights_dir / location
-    with open(target, "ab") as f:
+    if target.is_symlink():  # never write through a link into the user's own files
+        target.unlink()
+    with open(target, "wb") as f:
         for t in tensors:
             offset = f.tell()
             f.write(t.raw_data)

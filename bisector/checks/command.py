@@ -1,0 +1,411 @@
+"""The command check: run the user's command on the artifact; its exit code and output decide.
+
+Verdict rules are Polygraphy's ``--check`` rules (``--fail-code``, ``--ignore-fail-code``,
+``--fail-regex``; see :func:`decide`) plus git bisect's exit 125 = skip, so a pasted
+``polygraphy debug ... --check <cmd>`` command line gives the same verdicts here.
+
+Example::
+
+    check = CommandCheck(["polygraphy", "run", "{artifact}", "--trt", "--onnxrt"],
+                         VerdictRules(fail_regexes=["FAILED"]), timeout_s=600)
+    check.validate()               # UserError now if 'polygraphy' is not on PATH
+    result = check.run(artifact)   # CheckResult; full output in <workdir>/check.log
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Pattern
+
+from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.errors import SessionAborted, UserError
+
+log = logging.getLogger(__name__)
+
+SKIP_EXIT_CODE = 125  # git bisect run: "the source code at hand cannot be tested"
+CHECK_LOG_NAME = "check.log"  # full merged output, in the artifact's workdir
+DEFAULT_TAIL_CHARS = 4000  # how much output a CheckResult (and the journal) keeps
+KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the check's process group
+POLL_S = 0.05  # how often a running check looks for a timeout or terminate()
+TAIL_BYTES_PER_CHAR = 4  # utf-8 worst case, to read only the tail when no regex needs it all
+ON_FAILURE_CHOICES = ("bad", "skip", "abort")  # for on_timeout / on_crash
+PROC_DIR = "/proc"  # Linux: tells running group members from zombies
+
+PLACEHOLDERS = ("{artifact}", "{inputs}", "{iteration}", "{session}")
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    """Which exit codes and outputs count as failures (Polygraphy's flags, same semantics).
+
+    ``fail_codes`` = ``--fail-code``, ``ignore_fail_codes`` = ``--ignore-fail-code`` (they exclude
+    each other: ``UserError``), ``fail_regexes`` = ``--fail-regex`` (strings or compiled patterns,
+    searched with ``re.search``, no flags). ``None`` means the flag was not given.
+    """
+
+    fail_codes: tuple[int, ...] | None = None
+    ignore_fail_codes: tuple[int, ...] | None = None
+    fail_regexes: tuple[Pattern[str], ...] | None = None
+
+    def __init__(
+        self,
+        fail_codes: Iterable[int] | None = None,
+        ignore_fail_codes: Iterable[int] | None = None,
+        fail_regexes: Iterable[str | Pattern[str]] | None = None,
+    ):
+        if fail_codes is not None and ignore_fail_codes is not None:
+            raise UserError(
+                "--fail-code and --ignore-fail-code exclude each other",
+                hint="keep one of them, as in Polygraphy",
+            )
+        object.__setattr__(self, "fail_codes", None if fail_codes is None else tuple(fail_codes))
+        object.__setattr__(
+            self, "ignore_fail_codes", None if ignore_fail_codes is None else tuple(ignore_fail_codes)
+        )
+        object.__setattr__(
+            self, "fail_regexes", None if fail_regexes is None else tuple(map(_compile, fail_regexes))
+        )
+
+
+def _compile(regex: str | Pattern[str]) -> Pattern[str]:
+    if isinstance(regex, re.Pattern):
+        return regex
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise UserError(f"--fail-regex {regex!r} is not a valid regular expression: {exc}") from None
+
+
+def decide(exit_code: int, output: str, rules: VerdictRules) -> Verdict:
+    """The verdict for a finished command: Polygraphy's rules, after git bisect's 125.
+
+    In order (Polygraphy 0.53.6, ``tools/debug/subtool/iterative_debug_args.py``,
+    ``CheckCmdArgs.run_check.is_status_success``):
+
+    0. exit 125 -> SKIP, before every other rule (git bisect run; bisector's only addition).
+    1. ``ignore_fail_codes`` non-empty and the code is in it -> GOOD, whatever the output.
+    2. ``fail_codes`` given -> BAD iff the code is in it and, when ``fail_regexes`` are given,
+       one of them matches (a zero exit can be BAD if 0 is a fail code).
+    3. no ``fail_codes`` but ``fail_regexes`` -> BAD iff one matches, whatever the code.
+    4. neither -> BAD iff the code is non-zero.
+
+    ``output`` is stdout and stderr together. Killed-by-signal (negative codes) is not special
+    here; :class:`CommandCheck` routes it to ``on_crash`` before calling this.
+    """
+    if exit_code == SKIP_EXIT_CODE:
+        return Verdict.SKIP
+    if rules.ignore_fail_codes and exit_code in rules.ignore_fail_codes:
+        return Verdict.GOOD
+    matched = None
+    if rules.fail_regexes is not None:
+        matched = any(regex.search(output) is not None for regex in rules.fail_regexes)
+    if rules.fail_codes is not None:
+        failed = exit_code in rules.fail_codes and (matched is None or matched)
+    else:
+        failed = exit_code != 0 if matched is None else matched
+    return Verdict.BAD if failed else Verdict.GOOD
+
+
+def validate_command(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Return the absolute path of ``argv[0]``, or raise ``UserError`` naming it.
+
+    A bare name is looked up on ``env["PATH"]`` (the process's PATH by default); a name with a
+    slash must be an executable file.
+    """
+    if not argv or not argv[0]:
+        raise UserError("the check command is empty", hint="put the command after --check")
+    name = argv[0]
+    if os.sep in name:
+        if not os.path.isfile(name):
+            raise UserError(f"check command {name!r} not found")
+        if not os.access(name, os.X_OK):
+            raise UserError(f"check command {name!r} is not executable", hint=f"chmod +x {name}")
+        return os.path.abspath(name)
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise UserError(f"check command {name!r} not found on PATH")
+    return found
+
+
+class CommandCheck:
+    """Run ``argv`` (no shell) in the artifact's workdir; decide with :class:`VerdictRules`.
+
+    - ``argv`` placeholders ``{artifact}``, ``{inputs}``, ``{iteration}``, ``{session}`` are
+      replaced anywhere in an argument (``--model={artifact}`` works); other braces are left alone.
+      The same values are in ``$BISECTOR_ARTIFACT``, ``$BISECTOR_INPUTS`` (when there are inputs),
+      ``$BISECTOR_ITERATION``, ``$BISECTOR_SESSION`` (when there is a session directory); the
+      artifact's ``extra_env`` is added last. ``PYTHONUNBUFFERED=1`` is set unless already set,
+      so a Python check's stdout and stderr interleave in the log as they were written.
+    - A relative ``argv[0]`` with a slash (``./check.sh``) is resolved against the directory
+      bisector was started in, not the workdir.
+    - stdout and stderr go, merged in order, to ``<workdir>/check.log``; the result keeps the last
+      ``output_tail_chars`` characters. stdin is /dev/null. The command runs in its own process
+      group (session); whatever of that group outlives the command is killed.
+    - Killed by a signal -> ``on_crash``; over ``timeout_s`` -> the group gets SIGTERM, then
+      SIGKILL after ``KILL_GRACE_S``, then ``on_timeout``. Both take ``"bad"`` (default),
+      ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
+    - A missing or non-executable command raises ``UserError`` (see :meth:`validate`).
+    - :meth:`terminate` (from any thread) kills every running command; their ``run`` raises
+      ``SessionAborted``, and so does every later ``run``. ``run`` may be called from several
+      threads at once.
+    - ``show_output`` / ``hide_fail_output`` are Polygraphy's ``--show-output`` /
+      ``--hide-fail-output``; :meth:`should_show` applies them, the CLI prints.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        rules: VerdictRules | None = None,
+        timeout_s: float | None = None,
+        on_timeout: str = "bad",
+        on_crash: str = "bad",
+        output_tail_chars: int = DEFAULT_TAIL_CHARS,
+        show_output: bool = False,
+        hide_fail_output: bool = False,
+    ):
+        if not argv:
+            raise UserError("the check command is empty", hint="put the command after --check")
+        for flag, value in (("--on-timeout", on_timeout), ("--on-crash", on_crash)):
+            if value not in ON_FAILURE_CHOICES:
+                raise UserError(f"{flag} {value!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
+        if show_output and hide_fail_output:
+            raise UserError("--show-output and --hide-fail-output exclude each other")
+        if timeout_s is not None and timeout_s <= 0:
+            raise UserError(f"--timeout {timeout_s}: expected a positive number of seconds")
+        first = argv[0]
+        if os.sep in first and not os.path.isabs(first):
+            first = os.path.abspath(first)
+        self.argv = [first, *argv[1:]]
+        self.rules = rules if rules is not None else VerdictRules()
+        self.timeout_s = timeout_s
+        self.on_timeout = on_timeout
+        self.on_crash = on_crash
+        self.output_tail_chars = output_tail_chars
+        self.show_output = show_output
+        self.hide_fail_output = hide_fail_output
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._terminated = threading.Event()
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def validate(self, extra_env: dict[str, str] | None = None) -> str:
+        """Find the command now, before the session starts; return its path or raise UserError."""
+        env = dict(os.environ, **(extra_env or {}))
+        return validate_command(self.argv, env)
+
+    def should_show(self, result: CheckResult) -> bool:
+        """Polygraphy's rule: show output always with show_output, else for non-good unless hidden."""
+        return self.show_output or (result.verdict is not Verdict.GOOD and not self.hide_fail_output)
+
+    def terminate(self) -> None:
+        """Kill every running command (SIGTERM now; SIGKILL follows in ``run``). Thread-safe."""
+        self._terminated.set()
+        with self._lock:
+            procs = list(self._running)
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGTERM)
+
+    def run(self, artifact: Artifact) -> CheckResult:
+        """Run the command on ``artifact`` and return the verdict with its evidence."""
+        if self._terminated.is_set():
+            raise SessionAborted("the check was terminated")
+        argv = self.expand(artifact)
+        env = self.environment(artifact)
+        validate_command(argv, env)
+        workdir = Path(artifact.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / CHECK_LOG_NAME
+        start = time.monotonic()
+        with open(log_path, "wb") as log_file:
+            proc = self._start(argv, env, workdir, log_file)
+            try:
+                code, timed_out = self._wait(proc, start)
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+        duration = time.monotonic() - start
+        if self._terminated.is_set():
+            raise SessionAborted(f"the check was terminated (iteration {artifact.iteration})")
+        full_needed = self.rules.fail_regexes is not None and not timed_out and code >= 0
+        output = _read_output(log_path, None if full_needed else self.output_tail_chars)
+        tail = _tail(output, self.output_tail_chars)
+        result = CheckResult(verdict=Verdict.GOOD, exit_code=code, output=tail, duration_s=duration)
+        if timed_out:
+            result.exit_code = None
+            result.note = f"timeout after {self.timeout_s:g} s"
+            result.verdict = self._on_failure(self.on_timeout, "--on-timeout", result.note)
+        elif code < 0:
+            result.note = f"killed by {_signal_name(-code)}"
+            result.verdict = self._on_failure(self.on_crash, "--on-crash", result.note)
+        else:
+            result.verdict = decide(code, output, self.rules)
+            if code == SKIP_EXIT_CODE:
+                result.note = f"exit {SKIP_EXIT_CODE}: skip"
+        return result
+
+    def expand(self, artifact: Artifact) -> list[str]:
+        """``argv`` with the placeholders replaced for ``artifact`` (UserError if one has no value)."""
+        values = {
+            "{artifact}": str(artifact.path),
+            "{iteration}": str(artifact.iteration),
+            "{inputs}": None if artifact.inputs_path is None else str(artifact.inputs_path),
+            "{session}": None if artifact.session_dir is None else str(artifact.session_dir),
+        }
+        out = []
+        for arg in self.argv:
+            for key, value in values.items():
+                if key in arg:
+                    if value is None:
+                        what = "inputs file" if key == "{inputs}" else "session directory"
+                        raise UserError(f"the check command uses {key} but this artifact has no {what}")
+                    arg = arg.replace(key, value)
+            out.append(arg)
+        return out
+
+    def environment(self, artifact: Artifact) -> dict[str, str]:
+        """The command's environment: ours, the BISECTOR_* variables, then ``extra_env``."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["BISECTOR_ARTIFACT"] = str(artifact.path)
+        env["BISECTOR_ITERATION"] = str(artifact.iteration)
+        if artifact.session_dir is not None:
+            env["BISECTOR_SESSION"] = str(artifact.session_dir)
+        if artifact.inputs_path is not None:
+            env["BISECTOR_INPUTS"] = str(artifact.inputs_path)
+        env.update(artifact.extra_env)
+        return env
+
+    # -- private --------------------------------------------------------------------------------
+
+    def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log_file) -> subprocess.Popen:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise UserError(f"check command {argv[0]!r} not found") from None
+        except PermissionError:
+            raise UserError(f"check command {argv[0]!r} is not executable") from None
+        except OSError as exc:  # e.g. ENOEXEC: a script without a #! line
+            raise UserError(f"check command {argv[0]!r} cannot be run: {exc.strerror}") from None
+        with self._lock:
+            self._running.add(proc)
+        if self._terminated.is_set():  # terminate() came between Popen and registration
+            _signal_group(proc.pid, signal.SIGTERM)
+        return proc
+
+    def _wait(self, proc: subprocess.Popen, start: float) -> tuple[int, bool]:
+        """Wait for ``proc``; return (returncode, timed_out). Kills the group when done."""
+        deadline = None if self.timeout_s is None else start + self.timeout_s
+        timed_out = False
+        while True:
+            try:
+                proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._terminated.is_set():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+        _kill_group(proc)
+        return proc.returncode, timed_out
+
+    def _on_failure(self, choice: str, flag: str, note: str) -> Verdict:
+        if choice == "abort":
+            raise SessionAborted(f"the check {note} ({flag} abort)")
+        return Verdict.BAD if choice == "bad" else Verdict.SKIP
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # macOS answers EPERM for a group of zombies only
+        return False
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of the group still runs (zombies do not count)."""
+    proc.poll()  # reap the leader, so a zombie leader does not keep the group "alive"
+    if not _signal_group(proc.pid, 0):
+        return False
+    if not os.path.isdir(PROC_DIR):
+        return True
+    # kill(0) also succeeds for zombies, and an init that never reaps orphans (some containers)
+    # would keep them forever: look for a member that is not a zombie.
+    return any(state != "Z" for state in _group_states(proc.pid))
+
+
+def _group_states(pgid: int) -> Iterable[str]:
+    """The states (R, S, Z, ...) of the processes in group ``pgid``, from /proc (Linux)."""
+    for entry in os.scandir(PROC_DIR):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat"), "rb") as f:
+                stat = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+        if len(fields) > 2 and fields[2] == str(pgid):
+            yield fields[0]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the whole process group: SIGTERM, then SIGKILL after ``KILL_GRACE_S``; reap the leader."""
+    if _group_alive(proc):
+        if proc.returncode is not None:
+            log.warning("check command left processes behind; terminating its process group")
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while _group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(POLL_S / 5)
+        if _group_alive(proc):
+            _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _read_output(path: Path, last_chars: int | None) -> str:
+    """The log's text (invalid utf-8 replaced); only roughly the tail when ``last_chars`` is set."""
+    with open(path, "rb") as f:
+        if last_chars is not None:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - last_chars * TAIL_BYTES_PER_CHAR))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _tail(text: str, chars: int) -> str:
+    if chars <= 0:
+        return ""
+    if len(text) <= chars:
+        return text
+    return f"[... output cut; full output in {CHECK_LOG_NAME}]\n" + text[-chars:]

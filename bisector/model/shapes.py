@@ -1,0 +1,153 @@
+"""Freeze input shapes (Polygraphy's ``--input-shapes x:[1,3,224,224] y:[4]``) and infer the
+shapes of every tensor, with a fallback that runs onnxruntime.
+
+Example::
+
+    freeze_inputs(model, {"x": [1, 3, 224, 224]})   # or shapes_from_samples(samples)
+    shapes = infer_shapes(model)                    # {tensor: (np.dtype, shape)}
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from bisector.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_SHAPE_ARG = re.compile(r"^(?P<name>.+?):\[(?P<dims>[^\]]*)\]$")
+
+
+def parse_shapes(args: list[str] | None) -> dict[str, list[int]]:
+    """Parse Polygraphy's shape syntax: ``["x:[1,3,224,224]", "y:[4]"]`` -> ``{"x": [1,3,224,224], ...}``."""
+    shapes: dict[str, list[int]] = {}
+    for arg in args or []:
+        for part in _split_top(arg):
+            m = _SHAPE_ARG.match(part.strip())
+            if not m:
+                raise UserError(f"bad shape {part!r}: expected NAME:[D0,D1,...], e.g. x:[1,3,224,224]")
+            dims = [d.strip() for d in m["dims"].split(",") if d.strip()]
+            try:
+                shapes[m["name"]] = [int(d) for d in dims]
+            except ValueError:
+                raise UserError(f"bad shape {part!r}: dimensions must be integers") from None
+    return shapes
+
+
+def _split_top(arg: str) -> list[str]:
+    """Split ``"x:[1,2] y:[3]"`` on spaces outside brackets (one argv token may hold several)."""
+    parts, depth, cur = [], 0, ""
+    for ch in arg:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == " " and depth == 0:
+            if cur:
+                parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        parts.append(cur)
+    return parts
+
+
+def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Each real graph input's dims: ints where fixed, a symbol (or "?") where dynamic."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = []
+        for d in vi.type.tensor_type.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+        out[vi.name] = dims
+    return out
+
+
+def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int | str]]]:
+    """``{name: (numpy dtype, dims)}`` for each real graph input."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        elem = vi.type.tensor_type.elem_type
+        specs[vi.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(elem)), input_dims(model)[vi.name])
+    return specs
+
+
+def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    """Set the given inputs' shapes (in place); every input must end up static.
+
+    Raises ``UserError`` for a name that is not a graph input, a rank that does not match, or a
+    dynamic input left without a shape (naming the flag to use).
+    """
+    dims = input_dims(model)
+    for name in shapes:
+        if name not in dims:
+            raise UserError(f"--input-shapes names {name!r}, which is not an input of the model",
+                            hint=f"inputs are: {', '.join(dims) or 'none'}")
+    for vi in model.graph.input:
+        if vi.name not in dims:
+            continue
+        if vi.name in shapes:
+            new = shapes[vi.name]
+            old = dims[vi.name]
+            if old and len(old) != len(new):
+                raise UserError(f"--input-shapes gives {vi.name!r} rank {len(new)}, the model says rank {len(old)} {old}")
+            for d, old_d in zip(new, old):
+                if isinstance(old_d, int) and old_d > 0 and old_d != d:
+                    log.warning("input %s: overriding fixed dimension %s with %s", vi.name, old_d, d)
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in new:
+                shape.dim.add().dim_value = d
+        else:
+            dynamic = [d for d in dims[vi.name] if not isinstance(d, int) or d <= 0]
+            if dynamic:
+                example = ",".join(str(d if isinstance(d, int) and d > 0 else 1) for d in dims[vi.name])
+                raise UserError(f"input {vi.name!r} has a dynamic shape {dims[vi.name]} and no shape was given",
+                                hint=f"pass --input-shapes {vi.name}:[{example}] or --load-inputs")
+    return model
+
+
+def shapes_from_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, list[int]]:
+    """The shapes of the first sample's arrays (samples must agree, as they feed one model)."""
+    if not samples:
+        return {}
+    return {name: list(np.shape(arr)) for name, arr in samples[0].items()}
+
+
+def infer_shapes(model: onnx.ModelProto, *, fallback: bool = False, feeds=None) -> dict[str, tuple[np.dtype, tuple]]:
+    """``{tensor: (dtype, shape)}`` for every tensor onnx's shape inference can type.
+
+    With ``fallback=True`` (Polygraphy's ``--force-fallback-shape-inference``) the model is run on
+    onnxruntime with every tensor as an output, which always gives concrete shapes.
+    """
+    if fallback:
+        from bisector.backends.record import run_all_tensors
+
+        values = run_all_tensors(model, feeds)
+        return {k: (v.dtype, tuple(v.shape)) for k, v in values.items()}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        log.warning("onnx shape inference failed (%s); use --force-fallback-shape-inference", exc)
+        return {}
+    out = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if not tt.elem_type or not tt.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+        out[vi.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims)
+    for t in g.initializer:
+        out[t.name] = (np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)), tuple(t.dims))
+    return out

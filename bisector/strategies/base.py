@@ -1,0 +1,185 @@
+"""The strategy contract, and the searches every strategy shares (bisect, ddmin).
+
+A strategy's ``search()`` is a generator. It yields an :class:`Ask` (the candidate it needs a
+verdict for, plus the candidates it would ask next, for speculative parallel checks) and receives
+the :class:`Verdict` of ``ask.candidate``. It returns its result (a plain dict). Because a
+strategy is a pure function of the verdicts it is told, the same verdicts always give the same
+candidates: that one rule buys resume (replay the journal), caching, and ``-j N`` giving exactly
+the answer of ``-j 1``.
+
+Driving a strategy by hand, on a plain predicate::
+
+    s = ReduceStrategy(n=8, preds=chain(8))
+    gen, ask = s.search(), None
+    ask = next(gen)
+    while True:
+        verdict = Verdict.BAD if 5 in ask.candidate.items else Verdict.GOOD
+        try:
+            ask = gen.send(verdict)
+        except StopIteration as stop:
+            result = stop.value
+            break
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Iterable
+
+from bisector.checks.base import Verdict
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A value object: abstract items (node positions, a keep-set, a build number) + a label.
+
+    ``kind`` separates candidate families of one strategy whose item sets could coincide.
+    """
+
+    items: frozenset
+    label: str = ""
+    phase: str = ""
+    kind: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    def sorted_items(self) -> list:
+        return sorted(self.items)
+
+
+@dataclass(frozen=True)
+class Ask:
+    candidate: Candidate
+    speculate: tuple[Candidate, ...] = ()
+
+
+Search = Generator[Ask, Verdict, dict]
+
+
+@dataclass
+class Progress:
+    """What a strategy says of itself while it runs (read by the engine's progress display)."""
+
+    phase: str = ""
+    remaining: int = 0  # estimated checks left
+    size: int = 0  # items in the current best failing candidate
+    phases: dict[str, int] = field(default_factory=dict)  # checks asked per phase
+
+
+class Strategy:
+    """Base class: subclasses implement ``search`` and ``endpoints``."""
+
+    name = "strategy"
+
+    def __init__(self) -> None:
+        self.progress = Progress()
+
+    def endpoints(self) -> tuple[Candidate, Candidate | None]:
+        """(the candidate that must fail, the trivial candidate that must pass or None)."""
+        raise NotImplementedError
+
+    def search(self) -> Search:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """Everything that changes the sequence of candidates (compared on resume)."""
+        return {}
+
+    def ask(self, candidate: Candidate, speculate: Iterable[Candidate] = ()) -> Ask:
+        """Build the Ask for ``candidate`` and count it against its phase."""
+        self.progress.phase = candidate.phase
+        self.progress.phases[candidate.phase] = self.progress.phases.get(candidate.phase, 0) + 1
+        return Ask(candidate, tuple(speculate))
+
+    def on_verdict(self, candidate: Candidate, verdict: Verdict) -> None:
+        """Hook: called with every verdict the search receives (bookkeeping only)."""
+
+    def check(self, candidate: Candidate, speculate: Iterable[Candidate] = ()) -> Generator[Ask, Verdict, Verdict]:
+        """``verdict = yield from self.check(c)``: ask for one candidate and record its verdict."""
+        verdict = yield self.ask(candidate, speculate)
+        self.on_verdict(candidate, verdict)
+        return verdict
+
+    def track(self, search: Generator[Ask, Verdict, Any]) -> Generator[Ask, Verdict, Any]:
+        """Run a shared search (``bisect``, ``ddmin``) and record every verdict it receives."""
+        try:
+            ask = next(search)
+            while True:
+                verdict = yield ask
+                self.on_verdict(ask.candidate, verdict)
+                ask = search.send(verdict)
+        except StopIteration as stop:
+            return stop.value
+
+
+def ceil_log2(n: int) -> int:
+    return max(0, (max(n, 1) - 1).bit_length())
+
+
+def bisect(lo: int, hi: int, make: Callable[[int], Candidate], ask: Callable[..., Ask],
+           progress: Progress, bad_side: str = "high") -> Generator[Ask, Verdict, tuple[int, int]]:
+    """Binary search on a monotone predicate over integer positions ``lo < x < hi``.
+
+    With ``bad_side="high"``: ``make(lo)`` is known good and ``make(hi)`` known bad; returns the
+    final ``(lo, hi)`` with ``hi = lo + 1`` (``hi`` is the first bad position), or a wider pair
+    when skips leave positions untestable. With ``bad_side="low"`` the roles flip (``lo`` bad,
+    ``hi`` good; returns with ``lo`` the last bad position). A SKIP verdict removes that position
+    from the search, as ``git bisect skip`` does, and the next untested position nearest the
+    middle is tried instead.
+    """
+    skipped: set[int] = set()
+    while True:
+        open_ = [x for x in range(lo + 1, hi) if x not in skipped]
+        if not open_:
+            return lo, hi
+        mid = (lo + hi) // 2
+        mid = min(open_, key=lambda x: (abs(x - mid), x))
+        progress.remaining = ceil_log2(len(open_) + 1)
+        spec = []
+        for a, b in ((lo, mid), (mid, hi)):
+            m = (a + b) // 2
+            if a < m < b and m not in skipped:
+                spec.append(make(m))
+        verdict = yield ask(make(mid), spec)
+        if verdict == Verdict.SKIP:
+            skipped.add(mid)
+        elif (verdict == Verdict.BAD) == (bad_side == "high"):
+            hi = mid
+        else:
+            lo = mid
+
+
+def ddmin(items: list, make: Callable[[list], Candidate], ask: Callable[..., Ask],
+          progress: Progress) -> Generator[Ask, Verdict, list]:
+    """Zeller's ddmin by complement removal: returns a 1-minimal failing subset of ``items``.
+
+    ``make(subset)`` builds the candidate; ``items`` itself is known to fail. Chunks are removed
+    largest first (granularity 2, doubling when nothing can be removed), so a single culprit
+    costs about 2*log2(n) checks, and the final round at granularity ``len(items)`` proves
+    1-minimality: no single item can be removed. SKIP counts as "cannot remove".
+    """
+    current = list(items)
+    n = 2
+    while len(current) >= 2:
+        size = len(current)
+        chunks = [current[i * size // n:(i + 1) * size // n] for i in range(n)]
+        chunks = [c for c in chunks if c]
+        removed = False
+        for k, chunk in enumerate(chunks):
+            progress.remaining = max(1, len(chunks) - k) + ceil_log2(len(current))
+            rest = [x for x in current if x not in set(chunk)]
+            spec = [make([x for x in current if x not in set(c)]) for c in chunks[k + 1:k + 3]]
+            verdict = yield ask(make(rest), spec)
+            if verdict == Verdict.BAD:
+                current = rest
+                n = max(n - 1, 2)
+                removed = True
+                progress.size = len(current)
+                break
+        if not removed:
+            if n >= len(current):
+                break
+            n = min(len(current), 2 * n)
+    return current

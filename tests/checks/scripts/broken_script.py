@@ -1,0 +1,3 @@
+"""A check script that fails at import time."""
+
+raise ImportError("no module named 'tensorrt_llm'")

@@ -1,0 +1,5 @@
+"""A check script without a check function."""
+
+
+def main():
+    return True
