@@ -72,7 +72,7 @@ class ReferenceBackend:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         if mio.external_locations(m):
-            onnx.external_data_helper.load_external_data_for_model(m, str(weights_dir or "."))
+            mio.load_weights(m, Path(weights_dir or "."))
         declared = {o.name: o.type.tensor_type.elem_type for o in m.graph.output}
         if self.float64:
             m = _to_double(m)

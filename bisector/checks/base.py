@@ -84,6 +84,8 @@ class Artifact:
     inputs_path: Path | None = None
     model: Any = None
     feeds: list[dict[str, Any]] | None = None
+    reference: list[dict[str, Any]] | None = None  # expected outputs per sample (compare check)
+    weights_dir: Path | None = None  # what the model's external-data locations are relative to
     description: str = ""  # one line for people: "12 nodes: Conv_3 .. Relu_9"
     extra_env: dict[str, str] = field(default_factory=dict)  # per-worker, e.g. CUDA_VISIBLE_DEVICES
 

@@ -27,6 +27,9 @@ from bisector.errors import UserError
 
 # Initializers at least this large are moved to the session's weight file.
 EXTERNALIZE_THRESHOLD_BYTES = 1024
+# Below this many bytes of weights, candidates embed their weights (any tool can read them);
+# above it they link the session's weight file (bytes per iteration independent of the weights).
+EMBED_WEIGHTS_BELOW_BYTES = 64 << 20
 # onnxruntime refuses IR versions newer than it knows; this is the oldest we ever lower to.
 MIN_IR_VERSION = 7
 # Attribute that records where a loaded model came from (not part of ONNX).
@@ -76,6 +79,16 @@ def external_locations(model: onnx.ModelProto) -> list[str]:
     return list(seen)
 
 
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Total bytes of external tensors (from their ``length`` entries)."""
+    total = 0
+    for t in external_data_helper._get_all_tensors(model):
+        for e in t.external_data:
+            if e.key == "length" and e.value:
+                total += int(e.value)
+    return total
+
+
 def missing_external_files(model: onnx.ModelProto, base_dir: Path) -> list[str]:
     return [loc for loc in external_locations(model) if not (base_dir / loc).exists()]
 
@@ -111,8 +124,10 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
 def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) -> None:
     """Make every external file of ``model`` reachable from ``dest_dir`` by its relative location.
 
-    Symlinks (falling back to hard links, then copies only if the file system allows neither), so
-    TensorRT's parser, which rejects ``../`` in locations, can read a candidate written anywhere.
+    Hard links first: onnxruntime (1.31) resolves symlinks and refuses external data that then lies
+    outside the model's directory, and TensorRT's parser rejects ``../`` in locations. Across file
+    systems a hard link is impossible; then a symlink (TensorRT follows it; onnxruntime refuses it),
+    and a copy only if the file system allows neither.
     """
     weights_from = Path(weights_from).resolve()
     dest_dir = Path(dest_dir)
@@ -125,22 +140,30 @@ def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) ->
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.symlink(src, dst)
+            os.link(src.resolve(), dst)
         except OSError:
             try:
-                os.link(src, dst)
+                os.symlink(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path | None = None) -> Path:
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path | None = None,
+         embed: bool = False) -> Path:
     """Write ``model`` (small: its weights stay external) to ``path``.
 
     ``weights_from`` is the directory its external locations are relative to; those files are
-    linked next to ``path``. Raises ``UserError`` when the directory is not writable or the disk
-    is full.
+    linked next to ``path`` (see :func:`link_external`). With ``embed=True`` the weights the model
+    uses are copied into the file instead, for tools that call ``onnx.load`` on it (onnx refuses
+    linked weight files). Raises ``UserError`` when the directory is not writable or the disk is
+    full.
     """
     p = Path(path)
+    if embed and weights_from is not None and external_locations(model):
+        full = onnx.ModelProto()
+        full.CopyFrom(model)
+        load_weights(full, Path(weights_from))
+        model, weights_from = full, None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         data = model.SerializeToString()
@@ -164,7 +187,7 @@ def save_standalone(model: onnx.ModelProto, path: str | os.PathLike, weights_fro
     full = onnx.ModelProto()
     full.CopyFrom(model)
     if weights_from is not None and external_locations(full):
-        external_data_helper.load_external_data_for_model(full, str(weights_from))
+        load_weights(full, Path(weights_from))
     size = full.ByteSize() if full.ByteSize() < 2**31 - 1 else 2**31
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +199,33 @@ def save_standalone(model: onnx.ModelProto, path: str | os.PathLike, weights_fro
     except OSError as exc:
         raise UserError(f"cannot write {p}: {exc.strerror or exc}") from None
     return p
+
+
+def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
+    """The bytes of one external tensor. Our own reader: onnx's refuses hard-linked weight files,
+    which is how every candidate shares the session's weights."""
+    info = {e.key: e.value for e in tensor.external_data}
+    path = Path(base_dir) / info["location"]
+    offset = int(info.get("offset", 0) or 0)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if "length" in info and info["length"]:
+                data = f.read(int(info["length"]))
+            else:
+                data = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read weights of {tensor.name!r} from {path}: {exc.strerror or exc}") from None
+    return data
+
+
+def load_weights(model: onnx.ModelProto, base_dir: Path, names: set[str] | None = None) -> None:
+    """Embed the external tensors of ``model`` (only ``names``, if given), in place."""
+    for t in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(t) and (names is None or t.name in names):
+            t.raw_data = read_external(t, base_dir)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,161 @@
+"""The session directory: what was asked (``session.json``), what was learnt (``journal.jsonl``),
+and everything a person needs to look at afterwards::
+
+    session/
+      session.json        command line, versions, model fingerprint, strategy parameters
+      journal.jsonl       one fsync'd line per verdict
+      iterations/0007/    artifact(s) of iteration 7, check.log, inputs fed to cut tensors
+      good/ bad/          files named by --artifacts, sorted by verdict
+      result/             the answer and report.md / report.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bisector import __version__
+from bisector.artifacts.journal import JOURNAL_NAME, Journal
+from bisector.errors import UserError
+
+SESSION_FORMAT = 1
+
+
+def default_dir() -> Path:
+    return Path.cwd() / time.strftime("bisector-session-%Y%m%d-%H%M%S")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"bisector": __version__, "python": platform.python_version()}
+    for dist in ("onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "tensorrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class Session:
+    """Open or create a session directory. ``meta`` is ``session.json``'s content."""
+
+    def __init__(self, root: Path, meta: dict[str, Any]):
+        self.root = Path(root)
+        self.meta = meta
+        self.journal = Journal(self.root / JOURNAL_NAME)
+
+    # -- creation and resume ----------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path | None, *, command: list[str], strategy: str, params: dict[str, Any],
+             model: dict[str, Any] | None) -> "Session":
+        """Create ``root`` (or a new timestamped directory), or reopen it if it holds the same
+        session. Refuses, naming the difference, if the model or the parameters changed."""
+        root = Path(root) if root else default_dir()
+        meta_path = root / "session.json"
+        if meta_path.exists():
+            meta = load_meta(root)
+            diff = _difference(meta, strategy, params, model)
+            if diff:
+                raise UserError(f"{root} holds a different session: {diff}",
+                                hint="use a new --session directory, or the original command")
+            return cls(root, meta)
+        meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
+                "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
+                "versions": _versions()}
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "iterations").mkdir(exist_ok=True)
+            _write_json_atomic(meta_path, meta)
+        except OSError as exc:
+            raise UserError(f"cannot create session directory {root}: {exc.strerror or exc}",
+                            hint="pass --session DIR somewhere writable") from None
+        return cls(root, meta)
+
+    @property
+    def resumed(self) -> bool:
+        return len(self.journal) > 0
+
+    # -- paths ------------------------------------------------------------------------------
+    def iteration_dir(self, i: int) -> Path:
+        d = self.root / "iterations" / f"{i:04d}"
+        if d.exists():  # a check in flight when the session was killed: start it afresh
+            shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
+
+    @property
+    def result_dir(self) -> Path:
+        d = self.root / "result"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def sort_artifacts(self, iteration: int, workdir: Path, names: list[str], verdict: str) -> list[Path]:
+        """Move files named by ``--artifacts`` into ``good/`` or ``bad/`` as
+        ``<base>_N<iteration><ext>`` (Polygraphy's layout, without the timestamp)."""
+        moved = []
+        if verdict not in ("good", "bad"):
+            return moved
+        for name in names:
+            src = Path(name) if Path(name).is_absolute() else workdir / name
+            if not src.exists():
+                continue
+            dest_dir = self.root / verdict
+            dest_dir.mkdir(exist_ok=True)
+            dest = dest_dir / f"{src.stem}_N{iteration}{src.suffix}"
+            shutil.move(str(src), dest)
+            moved.append(dest)
+        return moved
+
+
+def load_meta(root: Path) -> dict[str, Any]:
+    path = Path(root) / "session.json"
+    if not path.exists():
+        raise UserError(f"{root} is not a bisector session (no session.json)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path} is damaged: {exc}") from None
+
+
+def _difference(meta: dict, strategy: str, params: dict, model: dict | None) -> str:
+    if meta.get("strategy") != strategy:
+        return f"it is a {meta.get('strategy')} session, not {strategy}"
+    old_model, new_model = meta.get("model") or {}, model or {}
+    if old_model.get("fingerprint") != new_model.get("fingerprint"):
+        return (f"the model changed since the session started ({old_model.get('path')}: fingerprint "
+                f"{str(old_model.get('fingerprint'))[:12]} -> {str(new_model.get('fingerprint'))[:12]})")
+    old = meta.get("params", {})
+    changed = [k for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)]
+    if changed:
+        k = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return f"parameter {k!r} was {old.get(k)!r}, now {params.get(k)!r}{more}"
+    return ""
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    try:
+        _write_json_atomic(path, obj)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def command_line() -> list[str]:
+    return ["bisector", *sys.argv[1:]]

@@ -1,0 +1,196 @@
+"""``bisector reduce``: prepare the model, record activations, search, write the answer.
+
+The materializer turns a node set into ``polygraphy_debug.onnx`` (weights linked, not copied)
+plus ``inputs.json`` (Polygraphy format, one dict per sample, every graph input of the candidate).
+Cut tensors are fed with the values the full model produced for them (``recorded``), or with
+seeded random data (``random``), or with the first sample's value for every sample
+(``constant``, what Polygraphy does: NVIDIA/TensorRT#4607).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bisector.backends.record import ActivationStore, record_activations
+from bisector.checks.base import Artifact
+from bisector.data import generate_inputs, load_inputs, save_inputs
+from bisector.engine import Engine, Outcome
+from bisector.errors import UserError
+from bisector.model import io as mio
+from bisector.model.extract import SubgraphCutter
+from bisector.model.fingerprint import items_fingerprint
+from bisector.model.graph import GraphIndex
+from bisector.model.prepare import Prepared, default_specs, prepare
+from bisector.model.shapes import shapes_from_samples
+from bisector.strategies.base import Candidate
+from bisector.strategies.reduce import ReduceStrategy
+
+log = logging.getLogger(__name__)
+
+CUT_FEEDS = ("recorded", "random", "constant")
+WEIGHT_MODES = ("auto", "link", "embed")
+DEFAULT_ARTIFACT = "polygraphy_debug.onnx"
+INPUTS_NAME = "inputs.json"
+
+
+@dataclass
+class ReduceOptions:
+    model: Path
+    output: Path | None = None
+    min_good: Path | None = None
+    mode: str = "auto"
+    reduce_inputs: bool = True
+    reduce_outputs: bool = True
+    verify_minimal: bool = False
+    cut_feed: str = "recorded"
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    load_inputs: list[Path] = field(default_factory=list)
+    seed: int = 1
+    val_range: dict[str, tuple[float, float]] | None = None
+    samples: int = 1
+    fallback_shapes: bool = False
+    iter_artifact: str = DEFAULT_ARTIFACT
+    write_inputs: bool = True  # command checks need inputs.json; the compare check does not
+    weights: str = "auto"  # link | embed | auto (embed below io.EMBED_WEIGHTS_BELOW_BYTES)
+
+    def params(self) -> dict[str, Any]:
+        """What changes the search (compared on resume)."""
+        return {"mode": self.mode, "reduce_inputs": self.reduce_inputs, "reduce_outputs": self.reduce_outputs,
+                "verify_minimal": self.verify_minimal, "cut_feed": self.cut_feed,
+                "input_shapes": self.input_shapes, "load_inputs": [str(p) for p in self.load_inputs],
+                "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
+                "iter_artifact": self.iter_artifact, "weights": self.weights}
+
+
+class ReduceMaterializer:
+    """Node set -> candidate model + feeds + recorded reference outputs."""
+
+    def __init__(self, prepared: Prepared, store: ActivationStore, opts: ReduceOptions):
+        self.prepared = prepared
+        self.store = store
+        self.opts = opts
+        types = {name: store.spec(name) for name in store.files}
+        self.cutter = SubgraphCutter(prepared.model, types)
+        self.names = self.cutter.index.names
+        self.embed = weights_embedded(opts.weights, prepared)
+
+    def fingerprint(self, candidate: Candidate) -> str:
+        return items_fingerprint("reduce", candidate.items, self.opts.cut_feed)
+
+    def feeds(self, inputs: list[str]) -> list[dict[str, np.ndarray]]:
+        graph_inputs = set(self.cutter.index.graph_inputs)
+        samples = []
+        for s in range(self.store.samples):
+            feed = {}
+            for name in inputs:
+                if name in graph_inputs or self.opts.cut_feed == "recorded":
+                    feed[name] = self.store.get(name, s)
+                elif self.opts.cut_feed == "constant":
+                    feed[name] = self.store.get(name, 0)
+                else:
+                    feed[name] = _random_like(self.store.get(name, 0), name, s, self.opts.seed)
+            samples.append(feed)
+        return samples
+
+    def reference(self, outputs: list[str]) -> list[dict[str, np.ndarray]]:
+        return [{name: self.store.get(name, s) for name in outputs} for s in range(self.store.samples)]
+
+    def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:
+        sub = self.cutter.cut(candidate.items)
+        path = mio.save(sub.model, workdir / self.opts.iter_artifact, weights_from=self.prepared.weights_dir,
+                        embed=self.embed)
+        feeds = self.feeds(sub.inputs)
+        inputs_path = save_inputs(feeds, workdir / INPUTS_NAME) if self.opts.write_inputs else None
+        return Artifact(workdir=workdir, path=path, iteration=iteration, inputs_path=inputs_path,
+                        model=sub.model, feeds=feeds, reference=self.reference(sub.outputs),
+                        weights_dir=workdir, description=f"{candidate.label} [{candidate.phase}]")
+
+
+def weights_embedded(mode: str, prepared: Prepared) -> bool:
+    if mode not in WEIGHT_MODES:
+        raise UserError(f"--weights {mode!r}: choose one of {', '.join(WEIGHT_MODES)}")
+    if mode == "auto":
+        return mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES
+    return mode == "embed"
+
+
+def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, sample, zlib.crc32(name.encode())])
+    if value.dtype.kind == "f":
+        return rng.random(value.shape).astype(value.dtype)
+    if value.dtype.kind in "iu":
+        return np.asarray(value).copy()  # integer tensors are shapes and indices: keep them valid
+    return np.asarray(value).copy()
+
+
+def input_samples(prepared: Prepared, opts: ReduceOptions) -> list[dict[str, np.ndarray]]:
+    if opts.load_inputs:
+        samples = [s for p in opts.load_inputs for s in load_inputs(p)]
+        if not samples:
+            raise UserError(f"{opts.load_inputs[0]}: holds no input samples")
+        expected = set(default_specs(prepared.model))
+        for s in samples:
+            unknown = set(s) - expected
+            if unknown:
+                raise UserError(f"--load-inputs has data for {', '.join(sorted(unknown))}, which the model has "
+                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected))}")
+        return samples
+    return generate_inputs(default_specs(prepared.model), samples=opts.samples, seed=opts.seed,
+                           val_range=opts.val_range)
+
+
+def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStrategy, ReduceMaterializer]:
+    """Everything before the search; cheap on resume (the recording is reused)."""
+    shapes = dict(opts.input_shapes)
+    if opts.load_inputs and not shapes:
+        shapes = shapes_from_samples([s for p in opts.load_inputs[:1] for s in load_inputs(p)])
+    prepared = prepare(opts.model, shapes=shapes, weights_dir=session_root / "weights")
+    samples = input_samples(prepared, opts)
+    store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations")
+    index = GraphIndex(prepared.model)
+    if len(index) == 0:
+        raise UserError(f"{opts.model}: the model has no nodes to reduce")
+    preds = [frozenset(index.producer[t] for t in ins if t in index.producer) for ins in index.inputs]
+    strategy = ReduceStrategy(len(index), preds, mode=opts.mode, reduce_inputs=opts.reduce_inputs,
+                              reduce_outputs=opts.reduce_outputs, verify_minimal=opts.verify_minimal,
+                              names=index.names)
+    return prepared, strategy, ReduceMaterializer(prepared, store, opts)
+
+
+def write_result(outcome: Outcome, materializer: ReduceMaterializer, opts: ReduceOptions,
+                 result_dir: Path) -> dict[str, Any]:
+    """reduced.onnx + its inputs (standalone), the min-good model, and the culprit table."""
+    res = outcome.result
+    prepared = materializer.prepared
+    sub = materializer.cutter.cut(res["nodes"])
+    out = {"reduced": str(mio.save_standalone(sub.model, result_dir / "reduced.onnx", prepared.weights_dir))}
+    out["reduced_inputs"] = str(save_inputs(materializer.feeds(sub.inputs), result_dir / "reduced_inputs.json"))
+    if opts.output:
+        out["output"] = str(mio.save_standalone(sub.model, opts.output, prepared.weights_dir))
+        save_inputs(materializer.feeds(sub.inputs), _inputs_beside(opts.output))
+    if res.get("min_good") is not None:
+        good = materializer.cutter.cut(res["min_good"])
+        out["min_good"] = str(mio.save_standalone(good.model, result_dir / "min_good.onnx", prepared.weights_dir))
+        if opts.min_good:
+            mio.save_standalone(good.model, opts.min_good, prepared.weights_dir)
+    idx = materializer.cutter.index
+    out["culprits"] = [{"name": idx.names[i], "op_type": idx.ops[i], "inputs": idx.inputs[i],
+                        "outputs": idx.outputs[i]} for i in res["nodes"]]
+    out["graph_inputs"] = sub.inputs
+    out["graph_outputs"] = sub.outputs
+    return out
+
+
+def _inputs_beside(model_path: Path) -> Path:
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + "_inputs.json")
+
+
+def run_engine(strategy, materializer, check, session, **engine_kw) -> Outcome:
+    return Engine(strategy, materializer, check, session, **engine_kw).run()

@@ -1,0 +1,279 @@
+"""The engine: the one loop every strategy shares.
+
+It turns candidates into artifacts (through a :class:`Materializer`), runs checks (up to ``jobs``
+at once, on speculative candidates too), journals every verdict before the search goes on, never
+checks one fingerprint twice, and re-tests the endpoints first.
+
+Results are accepted in the strategy's order (C-Reduce's rule): the strategy is only ever told the
+verdict of the candidate it asked for; speculative results wait in the cache until asked for. So
+``-j N`` returns exactly the answer of ``-j 1``. Resume is the same loop over a journal that
+already holds verdicts: they are answered from the cache, with zero checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from bisector.artifacts.journal import Entry
+from bisector.artifacts.session import Session
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
+from bisector.errors import SessionAborted, UserError
+from bisector.strategies.base import Ask, Candidate, Strategy
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class Materializer(Protocol):
+    """Turns a candidate into files a check can run on (strategy-specific)."""
+
+    def fingerprint(self, candidate: Candidate) -> str: ...
+
+    def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact: ...
+
+
+class EndpointError(UserError):
+    """The endpoints do not bracket a failure (the full subject passes, or the trivial one fails)."""
+
+
+@dataclass
+class Stats:
+    checks: int = 0  # check runs (speculative ones included), cached verdicts not counted
+    cached: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: {"good": 0, "bad": 0, "skip": 0})
+    started: float = field(default_factory=time.monotonic)
+    check_seconds: float = 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    stats: Stats
+    iterations: list[Entry]
+
+
+class Engine:
+    """``Engine(strategy, materializer, check, session).run()`` -> :class:`Outcome`.
+
+    ``jobs``: checks at once (speculation fills the extra slots). ``devices``: one environment per
+    worker slot, e.g. ``["0", "1"]`` gives each its own ``CUDA_VISIBLE_DEVICES``.
+    ``artifacts``: files in the iteration directory to sort into ``good/``/``bad/``.
+    ``keep_intermediate``: keep each iteration's artifact (Polygraphy's ``--no-remove-intermediate``).
+    """
+
+    def __init__(self, strategy: Strategy, materializer: Materializer, check: Check, session: Session, *,
+                 jobs: int = 1, devices: list[str] | None = None, artifacts: list[str] | None = None,
+                 keep_intermediate: bool = False, listeners: list[Listener] | None = None,
+                 check_endpoints: bool = True):
+        self.strategy = strategy
+        self.materializer = materializer
+        self.check = check
+        self.session = session
+        self.jobs = max(1, jobs)
+        self.devices = devices or []
+        self.artifacts = artifacts or []
+        self.keep_intermediate = keep_intermediate
+        self.listeners = listeners or []
+        self.check_endpoints = check_endpoints
+        self.stats = Stats()
+        self.cache: dict[str, Entry] = session.journal.cache()
+        self._next_iteration = session.journal.next_iteration()
+        self._running: dict[str, Future] = {}
+        self._slots: queue.Queue[int] = queue.Queue()
+        for i in range(self.jobs):
+            self._slots.put(i)
+        self._pool: ThreadPoolExecutor | None = None
+        self._interrupts = 0
+        self._lock = threading.Lock()
+
+    # -- events -----------------------------------------------------------------------------
+    def emit(self, event: str, **data: Any) -> None:
+        payload = {"event": event, "time": round(time.time(), 3), **data}
+        for listen in self.listeners:
+            try:
+                listen(payload)
+            except Exception:  # a display must never break a session
+                log.debug("listener failed", exc_info=True)
+
+    def _progress(self) -> dict[str, Any]:
+        p = self.strategy.progress
+        return {"search_phase": p.phase, "remaining": p.remaining, "best_size": p.size, "checks": self.stats.checks,
+                "cached": self.stats.cached, "verdicts": dict(self.stats.verdicts),
+                "elapsed_s": round(self.stats.elapsed, 2),
+                "mean_check_s": round(self.stats.check_seconds / self.stats.checks, 3) if self.stats.checks else None}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="check")
+        self.emit("start", session=str(self.session.root), strategy=self.strategy.name,
+                  resumed=self.session.resumed, known_verdicts=len(self.cache))
+        try:
+            if self.check_endpoints:
+                self._endpoints()
+            search = self.strategy.search()
+            ask = next(search)
+            while True:
+                verdict = self.resolve(ask)
+                try:
+                    ask = search.send(verdict)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+        except KeyboardInterrupt:
+            self._abandon()
+            raise SessionAborted("interrupted") from None
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.emit("done", result=result, **self._progress())
+        return Outcome(result=result, stats=self.stats, iterations=list(self.session.journal))
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._interrupts += 1
+        if self._interrupts == 1:
+            raise KeyboardInterrupt
+        # Second Ctrl-C: stop now. The journal is append-only and fsync'd, so it is consistent.
+        import os
+
+        self._terminate_checks()
+        os._exit(130)
+
+    def _terminate_checks(self) -> None:
+        terminate = getattr(self.check, "terminate", None)
+        if terminate:
+            try:
+                terminate()
+            except Exception:
+                log.debug("terminate failed", exc_info=True)
+
+    def _abandon(self) -> None:
+        """Stop the checks in flight; their verdicts are not journaled (resume re-runs them)."""
+        self._terminate_checks()
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _endpoints(self) -> None:
+        must_fail, must_pass = self.strategy.endpoints()
+        v = self.resolve(Ask(must_fail, (must_pass,) if must_pass else ()))
+        if v != Verdict.BAD:
+            what = "passes" if v == Verdict.GOOD else "was skipped by"
+            raise EndpointError(
+                f"the {must_fail.label or 'full subject'} {what} the check, so there is no failure to search for",
+                hint="is the check right? run it by hand on the model; if the failure comes and goes, "
+                     "try --repeat 3 --vote any")
+        if must_pass is not None:
+            v = self.resolve(Ask(must_pass))
+            if v != Verdict.GOOD:
+                what = "fails" if v == Verdict.BAD else "was skipped by"
+                raise EndpointError(
+                    f"the trivial candidate ({must_pass.label}) also {what} the check, so the failure "
+                    f"does not come from what this search changes",
+                    hint="check the check: does it fail for another reason (a missing file, a crash)? "
+                         "a flaky check needs --repeat 3 --vote majority")
+
+    def resolve(self, ask: Ask) -> Verdict:
+        """The verdict of ``ask.candidate``: from the cache, a running check, or a new one."""
+        fp = self.materializer.fingerprint(ask.candidate)
+        if fp in self.cache:
+            self.stats.cached += 1
+            entry = self.cache[fp]
+            self.emit("cached", fingerprint=fp, label=ask.candidate.label, verdict=entry.verdict.value,
+                      **self._progress())
+            return entry.verdict
+        wanted = [ask.candidate] + [c for c in ask.speculate if c is not None]
+        fps = [fp] + [self.materializer.fingerprint(c) for c in wanted[1:]]
+        for other, fut in list(self._running.items()):  # speculation the search no longer wants
+            if other not in fps and fut.cancel():
+                del self._running[other]
+        for i, (cand, cfp) in enumerate(zip(wanted, fps)):
+            if cfp in self.cache or cfp in self._running:
+                continue
+            if i > 0 and len(self._running) >= self.jobs:
+                break
+            self._submit(cand, cfp, speculative=i > 0)
+        primary = self._running[fp]
+        while not primary.done():
+            wait(list(self._running.values()), return_when=FIRST_COMPLETED, timeout=0.2)
+            self._harvest()
+        self._harvest()
+        return self.cache[fp].verdict
+
+    def _submit(self, cand: Candidate, fp: str, speculative: bool) -> None:
+        fut = self._pool.submit(self._run_one, cand, fp, speculative)
+        fut.meta = (cand, speculative)  # type: ignore[attr-defined]
+        self._running[fp] = fut
+
+    def _run_one(self, cand: Candidate, fp: str, speculative: bool) -> tuple[int, CheckResult, Artifact]:
+        slot = self._slots.get()
+        try:
+            with self._lock:  # numbered when it starts, so cancelled speculation leaves no gaps
+                iteration = self._next_iteration
+                self._next_iteration += 1
+            self.emit("check-start", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
+                      size=cand.size, speculative=speculative, **self._progress())
+            workdir = self.session.iteration_dir(iteration)
+            artifact = self.materializer.materialize(cand, workdir, iteration)
+            artifact.session_dir = self.session.root
+            if self.devices:
+                device = self.devices[slot % len(self.devices)]
+                artifact.extra_env = {**artifact.extra_env, "CUDA_VISIBLE_DEVICES": device}
+            start = time.monotonic()
+            result = self.check.run(artifact)
+            if not result.duration_s:
+                result.duration_s = time.monotonic() - start
+            return iteration, result, artifact
+        finally:
+            self._slots.put(slot)
+
+    def _harvest(self) -> None:
+        """Journal every finished check, in completion order."""
+        for fp, fut in list(self._running.items()):
+            if not fut.done():
+                continue
+            del self._running[fp]
+            cand, speculative = fut.meta  # type: ignore[attr-defined]
+            iteration, result, artifact = fut.result()  # re-raises UserError / SessionAborted
+            self._record(cand, fp, iteration, speculative, result, artifact)
+
+    def _record(self, cand: Candidate, fp: str, iteration: int, speculative: bool, result: CheckResult,
+                artifact: Artifact) -> None:
+        entry = Entry(fingerprint=fp, verdict=result.verdict, iteration=iteration, label=cand.label,
+                      phase=cand.phase, speculative=speculative, evidence=result.to_json(),
+                      items=cand.sorted_items() if cand.size <= 4096 else None)
+        self.session.journal.append(entry)  # fsync'd before anything else learns the verdict
+        self.cache[fp] = entry
+        self.stats.checks += 1
+        self.stats.check_seconds += result.duration_s
+        self.stats.verdicts[result.verdict.value] += 1
+        if self.artifacts:
+            self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value)
+        if not self.keep_intermediate:
+            for p in (artifact.path, artifact.inputs_path):
+                if p is not None and Path(p).exists():
+                    Path(p).unlink()
+        show = getattr(self.check, "should_show", None)
+        self.emit("verdict", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
+                  size=cand.size, verdict=result.verdict.value, duration_s=round(result.duration_s, 3),
+                  speculative=speculative, note=result.note, exit_code=result.exit_code,
+                  output=result.output if (show and show(result)) else "", workdir=str(artifact.workdir),
+                  **self._progress())
