@@ -1,5 +1,374 @@
 """bisector: find where an ONNX or TensorRT model goes wrong."""
 
+import functools
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
-def main() -> None:
-    raise SystemExit("bisector: CLI not built yet")
+import typer
+
+from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv, uses
+from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError
+from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
+
+EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  rich_markup_mode=None, help=__doc__)
+console = make_console()
+_check_argv: Optional[list[str]] = None  # everything after --check, set by main()
+
+
+def guarded(fn):
+    """User errors end in one line and exit 2; a stopped session says how to resume."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            console.print(f"[bold red]bisector: error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                console.print(f"  hint: {exc.hint}", highlight=False, style="dim")
+            raise typer.Exit(EXIT_USAGE)
+        except SessionAborted as exc:
+            console.print(f"[yellow]stopped:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_STOPPED)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _compare_config(c: CompareOptions):
+    from bisector.comparator import CompareConfig
+
+    return CompareConfig.from_flags(atol=c.atol, rtol=c.rtol, check_error_stat=c.check_error_stat,
+                                    error_quantile=c.error_quantile, validate=c.validate)
+
+
+def _target(c: CompareOptions):
+    from bisector.backends.target import Target
+    from bisector.commands.compare import read_keep
+
+    if c.precision not in (None, "fp16", "bf16"):
+        raise UserError(f"--precision {c.precision!r}: choose fp16 or bf16")
+    if c.realize not in (None, "true", "emulate"):
+        raise UserError(f"--realize {c.realize!r}: choose true or emulate")
+    return Target(provider=c.provider, precision=c.precision, keep=read_keep(c.keep_fp32), realize=c.realize)
+
+
+def _data_args(d: DataOptions) -> dict:
+    from bisector.data import parse_val_range
+    from bisector.model.shapes import parse_shapes
+
+    if d.samples < 1:
+        raise UserError("--samples must be at least 1")
+    return {"shapes": parse_shapes(d.input_shapes), "load": d.load_inputs or [], "samples": d.samples,
+            "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None}
+
+
+def build_check(chk: CheckOptions, cmp: CompareOptions):
+    """The check the flags ask for: --check CMD, --check-func/--check-script, --compare, or a person."""
+    from bisector.checks.repeat import RepeatCheck
+
+    given = [name for name, on in (("--check", _check_argv is not None), ("--check-func", chk.check_func),
+                                   ("--check-script", chk.check_script), ("--compare", cmp.compare)) if on]
+    if len(given) > 1:
+        raise UserError(f"{given[0]} and {given[1]} exclude each other: give one kind of check")
+    if _check_argv is not None:
+        from bisector.checks.command import CommandCheck, VerdictRules
+
+        rules = VerdictRules(fail_codes=chk.fail_code, ignore_fail_codes=chk.ignore_fail_code,
+                             fail_regexes=chk.fail_regex)
+        check = CommandCheck(_check_argv, rules, timeout_s=chk.check_timeout, on_timeout=chk.on_timeout,
+                             on_crash=chk.on_crash, show_output=chk.show_output,
+                             hide_fail_output=chk.hide_fail_output)
+        check.validate()
+    elif chk.check_func or chk.check_script:
+        from bisector.checks.python import PythonCheck
+
+        check = (PythonCheck.from_spec(chk.check_func, on_crash=chk.on_crash) if chk.check_func
+                 else PythonCheck.from_script(chk.check_script, on_crash=chk.on_crash))
+    elif cmp.compare:
+        from bisector.checks.compare import CompareCheck
+
+        check = CompareCheck(_target(cmp), _compare_config(cmp))
+    else:
+        from bisector.checks.interactive import InteractiveCheck
+
+        check = InteractiveCheck()
+    if chk.repeat > 1:
+        check = RepeatCheck(check, repeat=chk.repeat, vote=chk.vote)
+    elif chk.repeat < 1:
+        raise UserError("--repeat must be at least 1")
+    return check
+
+
+def _listeners(s: SessionOptions, title: str, interactive_check: bool):
+    listeners, closers = [], []
+    if s.events:
+        ev = EventFile(s.events)
+        listeners.append(ev)
+        closers.append(ev.close)
+    live = None
+    if s.quiet or not is_interactive(console) or interactive_check:
+        listeners.append(LogLines(console))
+    else:
+        live = LiveDisplay(console, title)
+        listeners.append(live)
+    return listeners, closers, live
+
+
+def _session_model(path: Path) -> dict:
+    from bisector.model.prepare import source_fingerprint
+
+    return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path)}
+
+
+def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: SessionOptions, check,
+                setup, finish):
+    """The shared life of a session: open (or resume), set up, search, report, say where it is.
+
+    ``setup(session) -> (strategy, materializer)``; ``finish(session, outcome) -> None`` writes
+    the strategy's answer and prints it.
+    """
+    from bisector.artifacts.session import Session, command_line
+    from bisector.checks.interactive import InteractiveCheck
+    from bisector.engine import Engine
+
+    model_meta = _session_model(model) if model is not None else None
+    session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
+                           model=model_meta)
+    verb = "resuming" if session.resumed else "session"
+    console.print(f"[bold]{verb}:[/] {session.root}" + (f" ({len(session.journal)} verdicts known)"
+                                                      if session.resumed else ""), highlight=False)
+    strategy, materializer = setup(session)
+    if s.load_debug_replay:
+        _import_polygraphy_replay(session, strategy, materializer, s.load_debug_replay)
+    interactive = isinstance(getattr(check, "inner", check), InteractiveCheck)
+    listeners, closers, live = _listeners(s, f"bisector {strategy_name}", interactive)
+    devices = [d.strip() for d in s.devices.split(",") if d.strip()] if s.devices else None
+    engine = Engine(strategy, materializer, check, session, jobs=s.jobs, devices=devices,
+                    artifacts=s.artifacts, keep_intermediate=s.no_remove_intermediate, listeners=listeners)
+    try:
+        if live:
+            with live:
+                outcome = engine.run()
+        else:
+            outcome = engine.run()
+    except (SessionAborted, UserError) as exc:
+        console.print(f"session kept: {session.root}; continue with: bisector resume {shlex.quote(str(session.root))}",
+                      highlight=False)
+        raise exc
+    finally:
+        for close in closers:
+            close()
+    finish(session, outcome)
+    console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
+                  highlight=False)
+    return outcome
+
+
+def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> None:
+    """Polygraphy replays are keyed by iteration index only: answer our first asks in order."""
+    from bisector.artifacts.replay import import_polygraphy_replay
+
+    n = import_polygraphy_replay(session, strategy, materializer, path)
+    console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay: matched by iteration order)",
+                  highlight=False)
+
+
+# ---------------------------------------------------------------------------------------- compare
+@app.command()
+@guarded
+@uses(DataOptions, CompareOptions)
+def compare(
+    model: Annotated[Path, typer.Argument(help="The ONNX model")],
+    data: DataOptions,
+    cmp: CompareOptions,
+    save_outputs: Annotated[Optional[Path], typer.Option("--save-outputs", help="Write target outputs (Polygraphy RunResults JSON or .npz)")] = None,
+    load_outputs: Annotated[Optional[Path], typer.Option("--load-outputs", help="Use these reference outputs instead of running the reference")] = None,
+):
+    """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
+    from bisector.commands.compare import run_compare
+    from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
+    from bisector.display import render_comparison
+
+    target = _target(cmp)
+    args = _data_args(data)
+    reference_outputs = None
+    if load_outputs:
+        runs = read_outputs(load_outputs)
+        reference_outputs = next(iter(runs.values()))
+    run = run_compare(model, target, _compare_config(cmp), reference=cmp.reference,
+                      reference_outputs=reference_outputs, **args)
+    if data.save_inputs:
+        save_inputs(run.samples, data.save_inputs)
+    if save_outputs:
+        write_outputs({target.describe(): run.target_outputs}, save_outputs)
+    ref_name = "loaded outputs" if load_outputs else ("fp64 reference" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
+    console.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
+                  f"{len(run.samples)} sample(s)", highlight=False)
+    for sample in run.comparison.samples:
+        console.print(render_comparison(sample))
+    verdict = "[green]PASSED[/]" if run.comparison.passed else "[red]FAILED[/]"
+    console.print(f"{verdict} {run.comparison.summary()}", highlight=False)
+    raise typer.Exit(0 if run.comparison.passed else EXIT_BAD)
+
+
+# ---------------------------------------------------------------------------------------- reduce
+@app.command()
+@guarded
+@uses(DataOptions, CompareOptions, CheckOptions, SessionOptions)
+def reduce(
+    model: Annotated[Path, typer.Argument(help="The failing ONNX model")],
+    data: DataOptions,
+    cmp: CompareOptions,
+    chk: CheckOptions,
+    s: SessionOptions,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the reduced model")] = None,
+    min_good: Annotated[Optional[Path], typer.Option("--min-good", "--minimal-good", help="Where to write a passing model close in size")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="auto (1-minimal in ~log2 N checks), bisect or linear (Polygraphy's)")] = "auto",
+    no_reduce_inputs: Annotated[bool, typer.Option("--no-reduce-inputs", help="Keep the graph inputs; only find the earliest failing outputs")] = False,
+    no_reduce_outputs: Annotated[bool, typer.Option("--no-reduce-outputs", help="Keep the graph outputs; only move the inputs")] = False,
+    verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Prove 1-minimality: one check per remaining node")] = False,
+    cut_feed: Annotated[str, typer.Option("--cut-feed", help="Values for cut tensors: recorded, random, constant")] = "recorded",
+    weights: Annotated[str, typer.Option("--weights", help="Candidates link the weights, embed them, or auto (embed below 64 MB)")] = "auto",
+):
+    """Find the smallest subgraph of MODEL that still fails the check."""
+    from bisector.commands import reduce as red
+
+    if output is None and min_good is None:
+        raise UserError("reduce needs -o/--output (or --min-good) to know where to write the answer")
+    if no_reduce_inputs and no_reduce_outputs:
+        raise UserError("--no-reduce-inputs and --no-reduce-outputs exclude each other")
+    if cut_feed not in red.CUT_FEEDS:
+        raise UserError(f"--cut-feed {cut_feed!r}: choose one of {', '.join(red.CUT_FEEDS)}")
+    args = _data_args(data)
+    opts = red.ReduceOptions(model=model, output=output, min_good=min_good, mode=mode,
+                             reduce_inputs=not no_reduce_inputs, reduce_outputs=not no_reduce_outputs,
+                             verify_minimal=verify_minimal, cut_feed=cut_feed, input_shapes=args["shapes"],
+                             load_inputs=args["load"], seed=data.seed, val_range=args["val_range"],
+                             samples=data.samples, fallback_shapes=data.force_fallback_shape_inference,
+                             iter_artifact=s.iter_artifact or red.DEFAULT_ARTIFACT,
+                             write_inputs=not cmp.compare, weights=weights)
+    if mode not in ("auto", "bisect", "linear"):
+        raise UserError(f"--mode {mode!r}: choose auto, bisect or linear")
+    check = build_check(chk, cmp)
+    state = {}
+
+    def setup(session):
+        prepared, strategy, materializer = red.setup(opts, session.root)
+        state["materializer"] = materializer
+        console.print(f"model: {model} ({strategy.n} nodes after preparation), "
+                      f"{materializer.store.samples} input sample(s), cut tensors fed {opts.cut_feed} values",
+                      highlight=False)
+        return strategy, materializer
+
+    def finish(session, outcome):
+        from bisector.commands.reduce_report import report_reduce
+
+        written = red.write_result(outcome, state["materializer"], opts, session.result_dir)
+        report_reduce(console, session, outcome, written, opts, _check_argv, cmp)
+
+    run_session(strategy_name="reduce", model=model, params=opts.params() | {"check": _check_argv},
+                s=s, check=check, setup=setup, finish=finish)
+
+
+# ---------------------------------------------------------------------------------------- sessions
+@app.command()
+@guarded
+def resume(session: Annotated[Path, typer.Argument(help="The session directory")]):
+    """Continue a session after Ctrl-C, a crash or kill -9 (at most the check in flight is repeated)."""
+    from bisector.artifacts.session import load_meta
+
+    meta = load_meta(session)
+    argv = list(meta["command"][1:])
+    root = str(session.resolve())
+    if "--session" in argv:
+        argv[argv.index("--session") + 1] = root
+    else:
+        head, check = split_argv(argv)
+        argv = head + ["--session", root] + (["--check", *check] if check is not None else [])
+    cwd = meta.get("cwd")
+    if cwd and Path(cwd).is_dir():
+        os.chdir(cwd)
+    raise typer.Exit(main(argv, exit=False))
+
+
+@app.command()
+@guarded
+def log(session: Annotated[Path, typer.Argument(help="The session directory")]):
+    """Print the session's verdicts as an editable log (git bisect log); replay it with `bisector replay`."""
+    from bisector.artifacts.replay import format_log
+
+    sys.stdout.write(format_log(session))
+
+
+@app.command()
+@guarded
+def replay(
+    logfile: Annotated[Path, typer.Argument(help="A log written by `bisector log` (edited or not)")],
+    session: Annotated[Optional[Path], typer.Option("--session", help="Directory of the new session")] = None,
+):
+    """Replay an edited verdict log (git bisect replay): its verdicts are taken as given, the rest is checked."""
+    from bisector.artifacts.replay import seed_session
+
+    argv = seed_session(logfile, session)
+    raise typer.Exit(main(argv, exit=False))
+
+
+@app.command()
+@guarded
+@uses(CheckOptions, SessionOptions)
+def repeat(
+    chk: CheckOptions,
+    s: SessionOptions,
+    until: Annotated[str, typer.Option("--until", help="good, bad, or a number of iterations")] = "bad",
+):
+    """Run the check again and again until it passes, fails, or N times (Polygraphy's debug repeat)."""
+    from bisector.commands.repeat import RepeatMaterializer, parse_until
+    from bisector.strategies.repeat import RepeatStrategy
+
+    from bisector.cli_options import CompareOptions as _C
+
+    target, limit = parse_until(until)
+    check = build_check(chk, _C())
+
+    def setup(session):
+        return RepeatStrategy(until=target, limit=limit), RepeatMaterializer()
+
+    def finish(session, outcome):
+        from bisector.artifacts.report import write_reports
+
+        r = outcome.result
+        text = (f"stopped after {r['runs']} run(s): {r['reason']}; good {r['good']}, bad {r['bad']}, "
+                f"skip {r['skip']}; failure rate {r['bad_rate']:.0%}")
+        write_reports(session, strategy="repeat", stats=outcome.stats, result=r, answer_md=f"## Answer\n\n{text}\n",
+                      reproduce=_check_argv)
+        console.print(text, highlight=False)
+
+    run_session(strategy_name="repeat", model=None, params={"until": until, "check": _check_argv}, s=s,
+                check=check, setup=setup, finish=finish)
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
+    """Console entry point. ``--check`` takes the rest of the command line, as in Polygraphy."""
+    global _check_argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opts, _check_argv = split_argv(argv)
+    if _check_argv is not None and not _check_argv:
+        console.print("[bold red]bisector: error:[/] --check needs a command after it", highlight=False)
+        code = EXIT_USAGE
+    else:
+        try:
+            app(args=opts, prog_name="bisector", standalone_mode=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    if exit:
+        sys.exit(code)
+    return code

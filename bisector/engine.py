@@ -174,6 +174,8 @@ class Engine:
 
     def _endpoints(self) -> None:
         must_fail, must_pass = self.strategy.endpoints()
+        if must_fail is None:
+            return
         v = self.resolve(Ask(must_fail, (must_pass,) if must_pass else ()))
         if v != Verdict.BAD:
             what = "passes" if v == Verdict.GOOD else "was skipped by"
@@ -269,7 +271,7 @@ class Engine:
             self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value)
         if not self.keep_intermediate:
             for p in (artifact.path, artifact.inputs_path):
-                if p is not None and Path(p).exists():
+                if p is not None and Path(p).is_file():
                     Path(p).unlink()
         show = getattr(self.check, "should_show", None)
         self.emit("verdict", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,

@@ -1,0 +1,93 @@
+"""``bisector compare``: run a model on a target and a reference and compare the outputs.
+
+The default reference is the unmodified model in fp32 on onnxruntime CPU; the target is a
+provider, optionally with a reduced precision and a keep-set (see ``bisector.backends.target``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from bisector.backends.target import Target, run_reference
+from bisector.comparator import CompareConfig, SamplesComparison, compare_samples
+from bisector.data import generate_inputs, load_inputs
+from bisector.errors import UserError
+from bisector.model import io as mio
+from bisector.model.graph import name_nodes, toposort
+from bisector.model.shapes import freeze_inputs, input_specs, shapes_from_samples
+
+
+@dataclass
+class CompareRun:
+    comparison: SamplesComparison
+    samples: list[dict[str, np.ndarray]]
+    target_outputs: list[dict[str, np.ndarray]]
+    reference_outputs: list[dict[str, np.ndarray]]
+    target: Target
+
+
+def read_keep(values: list[str] | None) -> frozenset[str]:
+    """``--keep-fp32 a b`` or ``--keep-fp32 @keep.json`` (a list of names, or keep_fp32.json)."""
+    names: list[str] = []
+    for v in values or []:
+        if v.startswith("@"):
+            path = Path(v[1:])
+            if not path.exists():
+                raise UserError(f"{path}: no such keep file")
+            try:
+                doc = json.loads(path.read_text())
+            except ValueError as exc:
+                raise UserError(f"{path}: not JSON ({exc})") from None
+            items = doc.get("nodes", []) if isinstance(doc, dict) else doc
+            names += [i["name"] if isinstance(i, dict) else str(i) for i in items]
+        else:
+            names.append(v)
+    return frozenset(names)
+
+
+def load_model(path: Path, shapes: dict[str, list[int]], samples_for_shapes=None) -> onnx.ModelProto:
+    model = mio.load(path)
+    mio.drop_initializer_inputs(model)
+    mio.normalize_ir(model)
+    name_nodes(model)
+    if not shapes and samples_for_shapes:
+        shapes = shapes_from_samples(samples_for_shapes)
+    freeze_inputs(model, shapes)
+    toposort(model)
+    return model
+
+
+def samples_for(model: onnx.ModelProto, load: list[Path] | None, samples: int, seed: int, val_range):
+    if load:
+        data = [s for p in load for s in load_inputs(p)]
+        expected = set(input_specs(model))
+        for s in data:
+            unknown = set(s) - expected
+            if unknown:
+                raise UserError(f"the inputs file has data for {', '.join(sorted(unknown))}, which the model has "
+                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected)) or 'none'}")
+        return data
+    specs = {k: (dt, [int(d) for d in dims]) for k, (dt, dims) in input_specs(model).items()}
+    return generate_inputs(specs, samples=samples, seed=seed, val_range=val_range)
+
+
+def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: dict[str, list[int]],
+                load: list[Path] | None = None, samples: int = 1, seed: int = 1, val_range=None,
+                reference: str = "onnxrt", reference_outputs=None) -> CompareRun:
+    preloaded = [s for p in load for s in load_inputs(p)] if load else None
+    model = load_model(path, shapes, preloaded)
+    unknown = sorted(target.keep - {n.name for n in model.graph.node})
+    if unknown:
+        raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
+                        + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
+    data = samples_for(model, load, samples, seed, val_range)
+    with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:
+        ref = reference_outputs or run_reference(reference, model, path.parent, Path(tmp), data)
+        out = target.run(model, path.parent, Path(tmp), data, output_names=list(ref[0]))
+    return CompareRun(compare_samples(out, ref, config), data, out, ref, target)

@@ -1,0 +1,92 @@
+"""What ``bisector reduce`` prints at the end and writes to ``result/report.md`` / ``report.json``."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from rich.table import Table
+
+from bisector.artifacts.report import write_reports
+
+PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof")
+
+
+def phase_table(session, original: int) -> list[dict]:
+    """Checks per phase and the smallest failing candidate known after it."""
+    rows, best = [], original
+    by_phase: dict[str, list] = {}
+    for e in session.journal:
+        by_phase.setdefault(e.phase or "?", []).append(e)
+    for phase in sorted(by_phase, key=lambda p: PHASE_ORDER.index(p) if p in PHASE_ORDER else 99):
+        entries = by_phase[phase]
+        bad = [len(e.items) for e in entries if e.verdict.value == "bad" and e.items is not None]
+        if bad and phase != "proof":
+            best = min(best, min(bad))
+        rows.append({"phase": phase, "checks": sum(1 for e in entries if e.source == "check"),
+                     "verdicts": len(entries), "size_after": best})
+    return rows
+
+
+def reproduce_command(check_argv, opts, written, cmp) -> list[str] | None:
+    result = Path(written["reduced"])
+    inputs = Path(written["reduced_inputs"])
+    if check_argv:
+        out = []
+        for a in check_argv:
+            a = a.replace("{artifact}", str(result)).replace("{inputs}", str(inputs))
+            if a == opts.iter_artifact:
+                a = str(result)
+            elif a == "inputs.json":
+                a = str(inputs)
+            out.append(a)
+        return out
+    if cmp.compare:
+        cmd = ["bisector", "compare", str(result), "--load-inputs", str(inputs)]
+        if cmp.precision:
+            cmd += ["--precision", cmp.precision]
+        if cmp.provider != "cpu":
+            cmd += ["--provider", cmp.provider]
+        for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
+            if vals:
+                cmd += [flag, *vals]
+        if cmp.validate:
+            cmd.append("--validate")
+        return cmd
+    return None
+
+
+def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> None:
+    res = outcome.result
+    phases = phase_table(session, res["original_nodes"])
+    repro = reproduce_command(check_argv, opts, written, cmp)
+    culprits = written["culprits"]
+    md = ["## Answer", "",
+          f"{res['original_nodes']} nodes reduced to **{len(culprits)}** in {outcome.stats.checks} checks "
+          f"({outcome.stats.cached} cached verdicts reused).", "",
+          "| node | op type | inputs | outputs |", "|---|---|---|---|"]
+    md += [f"| `{c['name']}` | {c['op_type']} | {', '.join(c['inputs'])} | {', '.join(c['outputs'])} |" for c in culprits]
+    md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
+    if written.get("min_good"):
+        md.append(f"- min-good model: `{written['min_good']}`")
+    if res.get("one_minimal") is not None:
+        md.append(f"- 1-minimal proof: {'every single removal passes' if res['one_minimal'] else 'NOT 1-minimal'}")
+    md += ["", "## Phases", "", "| phase | checks | size after |", "|---|---|---|"]
+    md += [f"| {p['phase']} | {p['checks']} | {p['size_after']} |" for p in phases]
+    write_reports(session, strategy="reduce", stats=outcome.stats, result={**res, **written, "phases": phases},
+                  answer_md="\n".join(md), reproduce=repro)
+
+    table = Table(title=f"culprit: {len(culprits)} of {res['original_nodes']} nodes", title_justify="left")
+    for col in ("node", "op type", "inputs", "outputs"):
+        table.add_column(col)
+    for c in culprits:
+        table.add_row(c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"]))
+    console.print(table)
+    console.print("phases: " + ", ".join(f"{p['phase']} {p['checks']} checks -> {p['size_after']} nodes" for p in phases),
+                  highlight=False)
+    console.print(f"checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "
+                  f"{outcome.stats.elapsed:.1f} s", highlight=False)
+    if opts.output:
+        console.print(f"[bold]reduced model:[/] {opts.output}", highlight=False)
+    if repro:
+        console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False)
