@@ -184,7 +184,7 @@ def _parse_inputs(p: Path) -> Samples:
     samples: Samples = []
     for doc in docs:
         if isinstance(doc, _RunResults):
-            raise _BadFile("it holds outputs (RunResults); use it as outputs, not inputs")
+            raise _BadFile("it holds outputs (RunResults), not inputs")
         samples.extend(doc if isinstance(doc, list) else [doc])
     if not samples:
         raise _BadFile("it holds no samples")
@@ -198,6 +198,8 @@ def _parse_inputs(p: Path) -> Samples:
 
 def _npz_samples(p: Path) -> Samples:
     with np.load(p, allow_pickle=False) as z:
+        if RUNNERS_KEY in z.files:
+            raise _BadFile("it holds outputs (written by save_outputs), not inputs")
         matches = {key: _INDEXED_KEY.match(key) for key in z.files}
         if not all(matches.values()):  # a plain np.savez(f, x=..., y=...): one sample
             return [{key: z[key] for key in z.files}]
