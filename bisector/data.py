@@ -376,31 +376,3 @@ def parse_val_range(args: list[str] | None) -> dict[str, tuple[float, float]]:
             raise UserError(f"--val-range {arg!r}: min {lo} is greater than max {hi}")
         ranges[name] = (lo, hi)
     return ranges
-
-
-def parse_shapes(args: list[str] | None) -> dict[str, list[int | str]]:
-    """Parse ``--input-shapes x:[1,3,224,224] y:[4]`` into ``{name: dims}``.
-
-    Names may contain ``:`` (the last one separates the shape). A dim is a non-negative int or a
-    symbolic name; ``x:[]`` is a scalar. Raises UserError on bad syntax.
-
-    >>> parse_shapes(["x:[1,3,224,224]", "y:[batch,4]"])
-    {'x': [1, 3, 224, 224], 'y': ['batch', 4]}
-    """
-    shapes: dict[str, list[int | str]] = {}
-    for arg in args or []:
-        name, sep, value = arg.rpartition(":")
-        value = value.strip()
-        bad = UserError(f"--input-shapes {arg!r}: expected NAME:[d0,d1,...], e.g. x:[1,3,224,224]")
-        if not sep or not name or not (value.startswith("[") and value.endswith("]")):
-            raise bad
-        dims: list[int | str] = []
-        for d in (d.strip() for d in value[1:-1].split(",")):
-            if d.isdigit():
-                dims.append(int(d))
-            elif d.isidentifier():
-                dims.append(d)
-            elif d or value[1:-1].strip():
-                raise bad
-        shapes[name] = dims
-    return shapes

@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from bisector.model.shapes import parse_shapes
 from bisector.data import (
     encode_array,
     generate_inputs,
     load_inputs,
     load_outputs,
-    parse_shapes,
     parse_val_range,
     save_inputs,
     save_outputs,

@@ -196,6 +196,7 @@ class CommandCheck:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self._terminated = threading.Event()
+        self.launch_dir = Path.cwd()
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -264,6 +265,9 @@ class CommandCheck:
         }
         out = []
         for arg in self.argv:
+            if not any(key in arg for key in values):
+                out.append(self._from_launch_dir(arg, Path(artifact.workdir)))
+                continue
             for key, value in values.items():
                 if key in arg:
                     if value is None:
@@ -272,6 +276,21 @@ class CommandCheck:
                     arg = arg.replace(key, value)
             out.append(arg)
         return out
+
+    def _from_launch_dir(self, arg: str, workdir: Path) -> str:
+        """A relative path that names a file where bisector was started, and nothing in the
+        iteration directory, is made absolute: a pasted ``--load-inputs inputs.json`` keeps working
+        although the check runs in the iteration directory. ``--flag=path`` too."""
+        prefix, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        if not value or os.path.isabs(value) or value.startswith("-"):
+            return arg
+        try:
+            here, there = self.launch_dir / value, workdir / value
+            if here.exists() and not there.exists() and not (workdir / Path(value).parts[0]).exists():
+                return f"{prefix}{eq}{here}"
+        except (OSError, ValueError):
+            pass
+        return arg
 
     def environment(self, artifact: Artifact) -> dict[str, str]:
         """The command's environment: ours, the BISECTOR_* variables, then ``extra_env``."""

@@ -175,7 +175,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         import onnx_graphsurgeon as gs
 
         external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-        graph = gs.import_onnx(model)
+        # Shapes of intermediate tensors let onnx-graphsurgeon fold Shape ops of frozen inputs.
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        graph = gs.import_onnx(typed)
 
         def reads_external(node) -> bool:
             return any(getattr(t, "name", None) in external for t in node.inputs)
@@ -184,6 +186,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
                              should_exclude_node=reads_external)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         folded = gs.export_onnx(graph, do_type_check=False)
+        del folded.graph.value_info[:]  # inferred types were for folding only
         folded.ir_version = model.ir_version
         del folded.opset_import[:]
         folded.opset_import.extend(model.opset_import)

@@ -20,22 +20,33 @@ from bisector.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_SHAPE_ARG = re.compile(r"^(?P<name>.+?):\[(?P<dims>[^\]]*)\]$")
+def parse_shapes(args: list[str] | None) -> dict[str, list[int | str]]:
+    """Parse Polygraphy's ``--input-shapes x:[1,3,224,224] y:[4]`` into ``{name: dims}``.
 
+    Names may contain ``:`` (the last one separates the shape); one argument may hold several
+    shapes separated by spaces. A dim is a non-negative int or a symbolic name (which
+    :func:`freeze_inputs` refuses); ``x:[]`` is a scalar. Raises ``UserError`` on bad syntax.
 
-def parse_shapes(args: list[str] | None) -> dict[str, list[int]]:
-    """Parse Polygraphy's shape syntax: ``["x:[1,3,224,224]", "y:[4]"]`` -> ``{"x": [1,3,224,224], ...}``."""
-    shapes: dict[str, list[int]] = {}
+    >>> parse_shapes(["x:[1,3,224,224]", "y:[batch,4]"])
+    {'x': [1, 3, 224, 224], 'y': ['batch', 4]}
+    """
+    shapes: dict[str, list[int | str]] = {}
     for arg in args or []:
         for part in _split_top(arg):
-            m = _SHAPE_ARG.match(part.strip())
-            if not m:
-                raise UserError(f"bad shape {part!r}: expected NAME:[D0,D1,...], e.g. x:[1,3,224,224]")
-            dims = [d.strip() for d in m["dims"].split(",") if d.strip()]
-            try:
-                shapes[m["name"]] = [int(d) for d in dims]
-            except ValueError:
-                raise UserError(f"bad shape {part!r}: dimensions must be integers") from None
+            name, sep, value = part.rpartition(":")
+            value = value.strip()
+            bad = UserError(f"--input-shapes {part!r}: expected NAME:[d0,d1,...], e.g. x:[1,3,224,224]")
+            if not sep or not name or not (value.startswith("[") and value.endswith("]")):
+                raise bad
+            dims: list[int | str] = []
+            for d in (d.strip() for d in value[1:-1].split(",")):
+                if d.isdigit():
+                    dims.append(int(d))
+                elif d.isidentifier():
+                    dims.append(d)
+                elif d or value[1:-1].strip():
+                    raise bad
+            shapes[name] = dims
     return shapes
 
 
@@ -89,7 +100,9 @@ def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.
     dynamic input left without a shape (naming the flag to use).
     """
     dims = input_dims(model)
-    for name in shapes:
+    for name, new in shapes.items():
+        if any(not isinstance(d, int) for d in new):
+            raise UserError(f"--input-shapes {name}:{new}: every dimension must be a number to freeze the shape")
         if name not in dims:
             raise UserError(f"--input-shapes names {name!r}, which is not an input of the model",
                             hint=f"inputs are: {', '.join(dims) or 'none'}")
