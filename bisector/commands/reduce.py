@@ -109,7 +109,7 @@ class ReduceMaterializer:
         inputs_path = save_inputs(feeds, workdir / INPUTS_NAME) if self.opts.write_inputs else None
         return Artifact(workdir=workdir, path=path, iteration=iteration, inputs_path=inputs_path,
                         model=sub.model, feeds=feeds, reference=self.reference(sub.outputs),
-                        weights_dir=workdir, description=f"{candidate.label} [{candidate.phase}]")
+                        weights_dir=self.prepared.weights_dir, description=f"{candidate.label} [{candidate.phase}]")
 
 
 def weights_embedded(mode: str, prepared: Prepared) -> bool:
