@@ -100,7 +100,8 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
     Done once per session (rewritten identically on resume). Already-external tensors are left
     where they are. Modifies ``model`` in place; afterwards it is small and every derived model can reference the same file.
     """
-    tensors = [t for t in external_data_helper._get_all_tensors(model)
+    # Top-level initializers only: onnxruntime rejects external data inside If/Loop bodies.
+    tensors = [t for t in model.graph.initializer
                if not external_data_helper.uses_external_data(t)
                and t.HasField("raw_data") and len(t.raw_data) >= threshold]
     if not tensors:
