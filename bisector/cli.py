@@ -29,9 +29,9 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[bold red]bisector: error:[/] {exc.message}", highlight=False)
+            console.print(f"[bold red]bisector: error:[/] {exc.message}", highlight=False, soft_wrap=True)
             if exc.hint:
-                console.print(f"  hint: {exc.hint}", highlight=False, style="dim")
+                console.print(f"  hint: {exc.hint}", highlight=False, style="dim", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE)
         except SessionAborted as exc:
             console.print(f"[yellow]stopped:[/] {exc}", highlight=False)
