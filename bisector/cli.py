@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv, uses
 from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError
@@ -29,9 +30,9 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[bold red]bisector: error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]bisector: error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                console.print(f"  hint: {exc.hint}", highlight=False, style="dim", soft_wrap=True)
+                console.print(f"  hint: {escape(exc.hint)}", highlight=False, style="dim", soft_wrap=True)
             raise typer.Exit(EXIT_USAGE)
         except SessionAborted as exc:
             console.print(f"[yellow]stopped:[/] {exc}", highlight=False)
