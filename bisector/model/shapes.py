@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import re
 
 import numpy as np
 import onnx

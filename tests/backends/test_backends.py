@@ -1,7 +1,6 @@
 """Backends on real models: onnxruntime, the fp64 reference evaluator, activation recording."""
 
 import numpy as np
-import onnx
 import pytest
 
 from bisector.backends.onnxrt import OnnxRuntime, import_ort

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from bisector.errors import UserError
 from bisector.model import io as mio
