@@ -1,0 +1,379 @@
+"""TensorRT 10.x / 11.x, imported lazily: build an engine, read each layer's tactic, force tactics
+through the editable timing cache, run an engine.
+
+Written against the documented Python API (../shared/notes/TENSORRT.md); TensorRT cannot be
+installed on the development machines, so this module is only exercised by tests that skip there.
+Text formats (inspector JSON, VERBOSE log, tactic replay) are parsed in ``trt_parse``.
+
+Example::
+
+    engine, cache = build_engine("model.onnx", editable_timing_cache=True, verbose_log_path="build.log")
+    layers = layer_tactics(engine)                                   # [LayerInfo(name, tactic, ...)]
+    records = parse_autotune_log(Path("build.log").read_text())      # op -> timing-cache key, tactic
+    cache = force_tactics(cache, {records[0].key: records[0].tactics[1].tactic_hash})
+    engine2, _ = build_engine("model.onnx", timing_cache=cache, editable_timing_cache=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bisector.backends.trt_parse import LayerInfo, is_timing_key, parse_layer_information
+from bisector.errors import MissingDependency, UserError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'bisector[tensorrt]' on a machine with an NVIDIA GPU"
+INVALID_TACTIC_HASH = 2**64 - 1  # TimingCacheValue::kINVALID_TACTIC_HASH
+FORCED_TIMING_MS = 1.0  # what sampleEditableTimingCache writes for a forced tactic with no timing
+LAST_WEAK_TYPING = (10, 11)  # layer.precision / FP16 flags: deprecated in 10.12, removed in 11
+PRECISIONS = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "int32": "INT32",
+              "fp8": "FP8", "int64": "INT64", "bool": "BOOL", "uint8": "UINT8"}
+FLOAT_DTYPES = ("FLOAT", "HALF", "BF16")
+TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
+                "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def import_trt():
+    """Import tensorrt or raise a one-line ``MissingDependency``."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):  # OSError: bindings present, libnvinfer missing
+        raise MissingDependency("tensorrt is not installed", hint=INSTALL_HINT) from None
+    if not hasattr(tensorrt, "Builder"):  # the PyPI stub package
+        raise MissingDependency("tensorrt is installed but is only a stub", hint=INSTALL_HINT)
+    return tensorrt
+
+
+def trt_version() -> tuple[int, ...]:
+    """``(10, 8, 0, 43)`` for TensorRT 10.8.0.43."""
+    return _version_tuple(import_trt().__version__)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:4])
+
+
+def _flag(trt, name: str):
+    """A BuilderFlag by name; its integer value differs between versions, so never by number."""
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise UserError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}")
+    return flag
+
+
+def _logger(trt, verbose_log_path: str | os.PathLike | None):
+    """A trt.ILogger that forwards warnings and errors to ``logging`` and, when a path is given,
+    writes every message (VERBOSE included) there, one per line with a ``[V]``-style prefix."""
+    sev = trt.ILogger.Severity
+    levels = {sev.INTERNAL_ERROR: ("F", logging.CRITICAL), sev.ERROR: ("E", logging.ERROR),
+              sev.WARNING: ("W", logging.WARNING), sev.INFO: ("I", logging.INFO),
+              sev.VERBOSE: ("V", logging.DEBUG)}
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.file = open(verbose_log_path, "w", encoding="utf-8") if verbose_log_path else None
+
+        def log(self, severity, msg):
+            letter, level = levels.get(severity, ("I", logging.INFO))
+            if self.file:
+                self.file.write("".join(f"[{letter}] {line}\n" for line in str(msg).splitlines()))
+            if level >= logging.ERROR:
+                self.errors.append(" ".join(str(msg).split()))
+            if level >= logging.WARNING:
+                log.log(level, "TensorRT: %s", msg)
+
+        def close(self):
+            if self.file:
+                self.file.close()
+                self.file = None
+
+    return _Logger()
+
+
+_QUIET_LOGGER = None
+
+
+def _quiet_logger(trt):
+    """One module-wide logger (no file) for runtimes and caches: TensorRT objects keep a pointer to
+    their logger, so it must outlive them."""
+    global _QUIET_LOGGER
+    if _QUIET_LOGGER is None:
+        _QUIET_LOGGER = _logger(trt, None)
+    return _QUIET_LOGGER
+
+
+def parse_onnx(trt, network, onnx_path: str | os.PathLike, logger):
+    """Parse with ``parse_from_file``: external data resolves next to the model (no ``../``).
+    Returns the parser, which must outlive the build (it owns the weights)."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse_from_file(str(path)):
+        return parser
+    errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    hint = "keep the model next to its external weight file"
+    bad = unsupported_nodes(trt, path, logger)
+    if bad:
+        hint = f"unsupported ONNX node indices: {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}"
+    raise UserError(f"TensorRT cannot parse {path.name}: {errors[0] if errors else 'unknown error'}"
+                    f"{f' (+{len(errors) - 1} more)' if len(errors) > 1 else ''}", hint=hint)
+
+
+def unsupported_nodes(trt, onnx_path: Path, logger) -> list[int]:
+    """ONNX node indices in subgraphs the parser cannot take (``supports_model_v2``, 10.x and 11;
+    ``supports_model`` was removed in 11). Empty when the query is unavailable."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not hasattr(parser, "supports_model_v2"):
+        return []
+    try:
+        parser.supports_model_v2(onnx_path.read_bytes(), str(onnx_path))
+        return sorted(n for i in range(parser.num_subgraphs) if not parser.is_subgraph_supported(i)
+                      for n in parser.get_subgraph_nodes(i))
+    except Exception:  # a diagnostic only: the parse error above is what the user sees
+        return []
+
+
+def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, fp16: bool = False,
+                 bf16: bool = False, tf32: bool = True, layer_precisions: Mapping[str, str] | None = None,
+                 timing_cache: bytes | None = None, editable_timing_cache: bool = False,
+                 builder_optimization_level: int | None = None, detailed_profiling: bool = True,
+                 verbose_log_path: str | os.PathLike | None = None) -> tuple[bytes, bytes]:
+    """Build a serialized engine; returns ``(engine_bytes, timing_cache_bytes)``.
+
+    - ``strongly_typed`` (default): precision comes from the ONNX graph. 11.x is always strongly
+      typed. ``fp16``/``bf16``/``layer_precisions`` ({network layer name: fp32|fp16|...}, set as
+      ``layer.precision`` plus float output types, with OBEY_PRECISION_CONSTRAINTS) need
+      ``strongly_typed=False`` and TensorRT <= 10.11 (deprecated in 10.12, removed in 11: UserError).
+    - ``tf32=False`` clears BuilderFlag.TF32 (the "FP32" baseline is TF32 otherwise).
+    - ``timing_cache``: a serialized cache to start from (None: a fresh empty one, so timing noise
+      varies tactic choices between builds). ``editable_timing_cache`` sets EDITABLE_TIMING_CACHE
+      (10.8+), needed to force tactics and to get the autotuning lines in the VERBOSE log.
+    - ``builder_optimization_level`` 0 takes the first working tactic and ignores the cache.
+    - ``detailed_profiling`` builds with ProfilingVerbosity.DETAILED so ``layer_tactics`` sees tactics.
+    - ``verbose_log_path`` receives every log line (for ``trt_parse.parse_autotune_log``).
+    """
+    trt = import_trt()
+    version = _version_tuple(trt.__version__)
+    weak = fp16 or bf16 or bool(layer_precisions)
+    if weak and version[0] >= 11:
+        raise UserError(f"TensorRT {trt.__version__} is always strongly typed (no fp16/bf16 flags, no layer "
+                        "precisions): the precision must be written into the ONNX graph",
+                        hint="convert the model to fp16/bf16 with Casts around the fp32 keep-set")
+    if weak and strongly_typed:
+        raise UserError("fp16/bf16/layer precisions need a weakly typed build",
+                        hint="pass strongly_typed=False (TensorRT <= 10.11) or put the precision in the ONNX graph")
+    if weak and version[:2] > LAST_WEAK_TYPING:
+        log.warning("TensorRT %s deprecates weak typing (layer precisions, FP16/BF16 flags); "
+                    "11.x removes it", trt.__version__)
+    if timing_cache and builder_optimization_level == 0:
+        log.warning("builder optimization level 0 ignores the timing cache")
+
+    logger = _logger(trt, verbose_log_path)
+    try:
+        builder = trt.Builder(logger)
+        flags = 0
+        if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = parse_onnx(trt, network, onnx_path, logger)  # noqa: F841 (keeps weights alive)
+        config = builder.create_builder_config()
+        if detailed_profiling:
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if builder_optimization_level is not None:
+            config.builder_optimization_level = int(builder_optimization_level)
+        if not tf32:
+            config.clear_flag(_flag(trt, "TF32"))
+        if fp16:
+            config.set_flag(_flag(trt, "FP16"))
+        if bf16:
+            config.set_flag(_flag(trt, "BF16"))
+        if layer_precisions:
+            _constrain_layers(trt, network, layer_precisions)
+            config.set_flag(_flag(trt, "OBEY_PRECISION_CONSTRAINTS"))
+        if editable_timing_cache:
+            config.set_flag(_flag(trt, "EDITABLE_TIMING_CACHE"))
+        cache = config.create_timing_cache(bytes(timing_cache or b""))
+        if not config.set_timing_cache(cache, False):
+            raise UserError("TensorRT rejected the timing cache",
+                            hint="a cache only fits the TensorRT version and GPU that wrote it")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise UserError(f"TensorRT could not build the engine: {logger.errors[-1] if logger.errors else 'no error logged'}",
+                            hint="rerun with a verbose log to see why")
+        return bytes(serialized), bytes(config.get_timing_cache().serialize())
+    finally:
+        logger.close()
+
+
+def _constrain_layers(trt, network, layer_precisions: Mapping[str, str]) -> None:
+    """Weak typing only: ``layer.precision`` and the output type of float outputs."""
+    wanted = dict(layer_precisions)
+    unknown = [p for p in wanted.values() if p.lower() not in PRECISIONS]
+    if unknown:
+        raise UserError(f"unknown precision {unknown[0]!r}", hint=f"one of {', '.join(PRECISIONS)}")
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        precision = wanted.pop(layer.name, None)
+        if precision is None:
+            continue
+        dtype = getattr(trt.DataType, PRECISIONS[precision.lower()])
+        layer.precision = dtype
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype.name in FLOAT_DTYPES and dtype.name in FLOAT_DTYPES:
+                layer.set_output_type(j, dtype)
+    if wanted:
+        raise UserError(f"{len(wanted)} layer(s) not in the TensorRT network, e.g. {next(iter(wanted))!r}",
+                        hint="network layer names follow ONNX node names; engine layer names differ")
+
+
+def _deserialize(trt, engine_bytes: bytes, logger=None):
+    runtime = trt.Runtime(logger or _quiet_logger(trt))
+    engine = runtime.deserialize_cuda_engine(bytes(engine_bytes))
+    if engine is None:
+        raise UserError("TensorRT cannot load the engine", hint="an engine only loads on the TensorRT version and GPU that built it")
+    return runtime, engine
+
+
+def layer_tactics(engine_bytes: bytes) -> list[LayerInfo]:
+    """Each engine layer with its tactic, via the engine inspector (needs a DETAILED build).
+    Engine layer names are fused names (``matMul1_myl0_0``), not network layer names."""
+    trt = import_trt()
+    _runtime, engine = _deserialize(trt, engine_bytes)
+    inspector = engine.create_engine_inspector()
+    return parse_layer_information(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+# ---------------------------------------------------------------- editable timing cache
+class EditableCache:
+    """An ITimingCache opened from bytes by a config with EDITABLE_TIMING_CACHE set; keeps the builder
+    and config that own it alive. ``cache_entries``/``force_tactic`` take it, a raw ITimingCache or bytes."""
+
+    def __init__(self, data: bytes = b""):
+        trt = import_trt()
+        self.builder = trt.Builder(_quiet_logger(trt))
+        self.config = self.builder.create_builder_config()
+        self.config.set_flag(_flag(trt, "EDITABLE_TIMING_CACHE"))
+        self.cache = self.config.create_timing_cache(bytes(data))
+
+    def serialize(self) -> bytes:
+        return bytes(self.cache.serialize())
+
+
+def _itiming_cache(cache):
+    if isinstance(cache, (bytes, bytearray, memoryview)):
+        cache = EditableCache(bytes(cache))
+    return cache.cache if isinstance(cache, EditableCache) else cache
+
+
+def cache_entries(cache) -> dict[str, tuple[int, float]]:
+    """``{key text: (tactic hash, ms)}`` for every valid entry (``queryKeys``/``query``; entries whose
+    ``tacticHash`` is 2**64-1 are invalid and skipped). Keys are strings: TimingCacheKey has no hash."""
+    cache = _itiming_cache(cache)
+    out = {}
+    for key in cache.queryKeys():
+        value = cache.query(key)
+        if value.tacticHash == INVALID_TACTIC_HASH:
+            continue
+        out[str(key).lower()] = (int(value.tacticHash), float(value.timingMSec))
+    return out
+
+
+def force_tactic(cache, key: str, tactic_hash: int | str) -> bool:
+    """Set one entry's tactic (keeping its timing, else 1 ms). False when TensorRT refuses (an unknown
+    key or an invalid value). ``key`` is ``"0x"`` + 32 hex digits, as in the VERBOSE log. ``cache`` is an
+    ITimingCache or EditableCache (edited in place); for serialized bytes use ``force_tactics``."""
+    if isinstance(cache, (bytes, bytearray, memoryview)):
+        raise TypeError("force_tactic edits a cache in place: pass an EditableCache, or use force_tactics(bytes)")
+    trt = import_trt()
+    cache = _itiming_cache(cache)
+    if not is_timing_key(key):
+        raise UserError(f"not a timing cache key: {key!r}", hint="expected 0x followed by 32 hex digits")
+    tkey = trt.TimingCacheKey.parse(key)
+    h = int(tactic_hash, 16) if isinstance(tactic_hash, str) else int(tactic_hash)
+    old = cache.query(tkey)
+    ms = float(old.timingMSec)
+    if old.tacticHash == INVALID_TACTIC_HASH or not math.isfinite(ms) or ms < 0:
+        ms = FORCED_TIMING_MS
+    return bool(cache.update(tkey, trt.TimingCacheValue(h, ms)))
+
+
+def force_tactics(data: bytes, forced: Mapping[str, int | str]) -> bytes:
+    """Serialized cache with each ``{key: tactic hash}`` forced; UserError naming a refused key."""
+    cache = EditableCache(data)
+    for key, tactic in forced.items():
+        if not force_tactic(cache, key, tactic):
+            raise UserError(f"TensorRT refused tactic {tactic} for timing cache key {key}",
+                            hint="the key must already be in the cache (build once with editable_timing_cache)")
+    return cache.serialize()
+
+
+# ---------------------------------------------------------------- running an engine
+class TensorRTRunner:
+    """Runs a serialized engine on numpy feeds with ``execute_async_v3``; buffers and the stream come
+    from torch (a CUDA build), which must be installed. Inputs are cast to the engine's input types;
+    bf16 outputs come back as float32. Host (shape) tensors and data-dependent output shapes are not
+    supported: use ``polygraphy run`` for those.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine: bytes | str | os.PathLike):
+        self.engine_bytes = engine if isinstance(engine, bytes) else Path(engine).read_bytes()
+
+    def run(self, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        trt = import_trt()
+        try:
+            import torch
+        except ImportError:
+            raise MissingDependency("running a TensorRT engine needs torch with CUDA",
+                                    hint="pip install torch, or use polygraphy run") from None
+        _runtime, engine = _deserialize(trt, self.engine_bytes)
+        context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        stream = torch.cuda.current_stream()  # the one the input copies were queued on
+        results = []
+        for sample in samples:
+            missing = set(inputs) - set(sample)
+            if missing:
+                raise UserError(f"no data for input(s) {', '.join(sorted(missing))}")
+            keep = {}
+            for n in inputs:
+                arr = np.ascontiguousarray(sample[n])
+                keep[n] = torch.from_numpy(arr).to("cuda").to(self._torch_dtype(torch, engine.get_tensor_dtype(n)))
+                context.set_input_shape(n, tuple(arr.shape))
+                context.set_tensor_address(n, keep[n].data_ptr())
+            for n in outputs:
+                shape = tuple(context.get_tensor_shape(n))
+                if any(d < 0 for d in shape):
+                    raise UserError(f"output {n!r} has a data-dependent shape", hint="use polygraphy run")
+                keep[n] = torch.empty(shape, dtype=self._torch_dtype(torch, engine.get_tensor_dtype(n)), device="cuda")
+                context.set_tensor_address(n, keep[n].data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise UserError("TensorRT failed to run the engine")
+            stream.synchronize()
+            results.append({n: (keep[n].float() if keep[n].dtype == torch.bfloat16 else keep[n]).cpu().numpy()
+                            for n in outputs})
+        return results
+
+    @staticmethod
+    def _torch_dtype(torch, trt_dtype) -> Any:
+        name = TORCH_DTYPES.get(trt_dtype.name)
+        if name is None:
+            raise UserError(f"bisector cannot run TensorRT tensors of type {trt_dtype.name}")
+        return getattr(torch, name)
