@@ -1,0 +1,197 @@
+"""``bisector precision``: the command's declaration and what it prints and reports.
+
+Registered by ``bisector/cli.py`` (``app.command(name="precision")(precision)`` at its end). This
+module imports ``bisector.cli`` only when the command runs, so it can be imported in any order.
+"""
+
+import dataclasses
+import functools
+import math
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, uses
+from bisector.errors import UserError
+
+MODES = ("auto", "bisect", "linear")
+DIRECTIONS = ("forward", "reverse")
+REFERENCE_RUNNER = "onnxrt-cpu fp32"
+
+
+def guarded(fn):
+    """``bisector.cli.guarded``, looked up when the command runs (cli.py imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from bisector.cli import guarded as cli_guarded
+
+        return cli_guarded(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+@guarded
+@uses(DataOptions, CompareOptions, CheckOptions, SessionOptions)
+def precision(
+    model: Annotated[Path, typer.Argument(help="The ONNX model (fp32)")],
+    data: DataOptions,
+    cmp: CompareOptions,
+    chk: CheckOptions,
+    s: SessionOptions,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to write the mixed-precision model")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="auto (any node set, 1-minimal), bisect or linear (Polygraphy's prefix/suffix)")] = "auto",
+    direction: Annotated[str, typer.Option("--dir", "--direction", help="bisect/linear: keep the first (forward) or last (reverse) k nodes")] = "forward",
+    order: Annotated[Optional[str], typer.Option("--order", help="Search order: sensitivity (measured per-node error; default for auto) or topo")] = None,
+    verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Check every removal from the answer instead of inferring it")] = False,
+    weights: Annotated[str, typer.Option("--weights", help="Candidates link the weights, embed them, or auto (embed below 64 MB)")] = "auto",
+):
+    """Find the fewest nodes of MODEL to keep in fp32 so that fp16, bf16 or int8 passes the check."""
+    from bisector import cli
+    from bisector.commands import precision as prec
+    from bisector.commands.compare import read_keep
+    from bisector.engine import EndpointError
+
+    if cmp.precision not in prec.PRECISIONS:
+        raise UserError("precision needs --precision fp16, bf16 or int8" if cmp.precision is None
+                        else f"--precision {cmp.precision!r}: choose fp16, bf16 or int8")
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: choose auto, bisect or linear")
+    if direction not in DIRECTIONS:
+        raise UserError(f"--dir {direction!r}: choose forward or reverse")
+    if order not in (None, *prec.ORDERS):
+        raise UserError(f"--order {order!r}: choose sensitivity or topo")
+    if cmp.realize not in (None, "true", "emulate"):
+        raise UserError(f"--realize {cmp.realize!r}: choose true or emulate")
+    # The check runs the realized model as it is: its Target gets no precision of its own.
+    check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
+    realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")
+    args = cli._data_args(data)
+    opts = prec.PrecisionOptions(model=model, precision=cmp.precision, output=output, mode=mode, direction=direction,
+                                 order=order, realize=realize, keep_always=read_keep(cmp.keep_fp32),
+                                 verify_minimal=verify_minimal, reference=cmp.reference, input_shapes=args["shapes"],
+                                 load_inputs=args["load"], seed=data.seed, val_range=args["val_range"],
+                                 samples=data.samples, iter_artifact=s.iter_artifact or prec.DEFAULT_ARTIFACT,
+                                 write_inputs=not cmp.compare, weights=weights)
+    state = {}
+
+    def setup(session):
+        st = prec.setup(opts, session.root)
+        state["setup"] = st
+        how = "QDQ int8 (onnxruntime quantize_static)" if opts.precision == "int8" else f"{opts.precision} ({realize})"
+        cli.console.print(f"model: {model} ({len(st.prepared.model.graph.node)} nodes, {len(st.lowerable)} can run "
+                          f"in {opts.precision}); candidates realized as {how}", highlight=False)
+        flagged = [st.materializer.names[i] for i in st.strategy.items[:st.strategy.likely]]
+        if opts.search_order == "sensitivity":
+            cli.console.print(f"order: most sensitive first; {len(flagged)} node(s) stand out"
+                              + (f": {', '.join(flagged[:6])}{' ...' if len(flagged) > 6 else ''}" if flagged else ""),
+                              highlight=False)
+        return st.strategy, st.materializer
+
+    def finish(session, outcome):
+        st = state["setup"]
+        written = prec.write_result(outcome.result, st, opts, session.result_dir)
+        if data.save_inputs:
+            from bisector.data import save_inputs
+
+            save_inputs(st.materializer.samples, data.save_inputs)
+        report_precision(cli.console, session, outcome, written, st, opts, cli._check_argv, cmp)
+
+    try:
+        cli.run_session(strategy_name="precision", model=model, params=opts.params() | {"check": cli._check_argv},
+                        s=s, check=check, setup=setup, finish=finish)
+    except EndpointError as exc:
+        if realize == "true" and opts.precision != "int8" and cmp.provider == "cpu":
+            raise UserError(exc.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 model "
+                                              "hides overflow there: try --realize emulate") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------- report
+def reproduce_command(check_argv, written, cmp, iter_artifact: str) -> list[str]:
+    """The check on the answer as the search checked it (``checked.onnx``), or a compare against the
+    fp32 outputs of the search (``reference_outputs.json``)."""
+    checked, inputs = written["checked"], written["inputs"]
+    if check_argv:
+        out = []
+        for a in check_argv:
+            if a == iter_artifact:
+                a = checked
+            elif a == "inputs.json":
+                a = inputs
+            out.append(a.replace("{artifact}", checked).replace("{inputs}", inputs))
+        return out
+    cmd = ["bisector", "compare", checked, "--load-inputs", inputs, "--load-outputs", written["reference_outputs"]]
+    if cmp.provider != "cpu":
+        cmd += ["--provider", cmp.provider]
+    for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
+        if vals:
+            cmd += [flag, *vals]
+    if cmp.validate:
+        cmd.append("--validate")
+    return cmd
+
+
+def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
+    from rich.table import Table
+
+    from bisector.artifacts.report import write_reports
+    from bisector.commands.precision import error_table
+    from bisector.data import save_outputs
+
+    res = outcome.result
+    written["reference_outputs"] = str(save_outputs({REFERENCE_RUNNER: st.materializer.reference},
+                                                    session.result_dir / "reference_outputs.json"))
+    repro = reproduce_command(check_argv, written, cmp, opts.iter_artifact)
+    keep = written["kept_nodes"]
+    minimal = {True: "1-minimal: removing any one node fails", False: "NOT shown 1-minimal",
+               None: f"{opts.mode} mode ({opts.direction}): a contiguous run, not minimized"}[res.get("one_minimal")]
+    md = ["## Answer", "",
+          f"Keep **{len(keep)}** of {res['lowerable']} lowerable nodes in fp32 for {opts.precision} "
+          f"({outcome.stats.checks} checks, {outcome.stats.cached} cached verdicts reused; {minimal}).", "",
+          "| node | op type | own error | tensor |", "|---|---|---|---|"]
+    md += [f"| `{k['name']}` | {k['op_type']} | {_err(k.get('error'))} | `{k.get('tensor', '')}` |" for k in keep]
+    md += ["", f"- mixed-precision model (deploy; TensorRT 11 strongly typed): `{written['mixed']}`",
+           f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}` "
+           f"(`bisector compare MODEL --precision {opts.precision} --keep-fp32 @{written['keep_fp32']}`)",
+           f"- TensorRT <= 10: `{written['layer_precisions']}`; "
+           f"`trtexec --onnx=MODEL {' '.join(written['trtexec_flags'])}`", "",
+           "## Checks per phase", "", "| phase | checks | verdicts (good/bad/skip) |", "|---|---|---|"]
+    md += [f"| {p} | {n} | {v} |" for p, n, v in phase_rows(session)]
+    if st.errors:
+        md += ["", "## Where precision is lost", "",
+               "Each node run alone in the low precision on its exact fp32 inputs (the error it adds, not "
+               "what it inherits), most sensitive first:", ""]
+        md += error_table(st, {k["name"] for k in keep})
+    write_reports(session, strategy="precision", stats=outcome.stats, result={**res, **written},
+                  answer_md="\n".join(md), reproduce=repro)
+
+    table = Table(title=f"keep in fp32: {len(keep)} of {res['lowerable']} nodes", title_justify="left")
+    for col in ("node", "op type", "own error", "tensor"):
+        table.add_column(col)
+    for k in keep:
+        table.add_row(k["name"], k["op_type"], _err(k.get("error")), str(k.get("tensor", "")))
+    console.print(table)
+    console.print(f"{minimal}; checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "
+                  f"{outcome.stats.elapsed:.1f} s", highlight=False)
+    console.print(f"[bold]mixed model:[/] {opts.output or written['mixed']}", highlight=False)
+    console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False)
+
+
+def phase_rows(session) -> list[tuple[str, int, str]]:
+    """Checks run per phase (endpoints included; verdicts reused from a cache not counted)."""
+    rows: dict[str, list[int]] = {}
+    for e in session.journal:
+        r = rows.setdefault(e.phase or "?", [0, 0, 0, 0])
+        r[0] += e.source == "check"
+        r[1 + ("good", "bad", "skip").index(e.verdict.value)] += 1
+    return [(p, r[0], f"{r[1]}/{r[2]}/{r[3]}") for p, r in rows.items()]
+
+
+def _err(value) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    return "inf/NaN" if not math.isfinite(value) else f"{value:.3g}"
