@@ -126,15 +126,7 @@ class Engine:
         try:
             if self.check_endpoints:
                 self._endpoints()
-            search = self.strategy.search()
-            ask = next(search)
-            while True:
-                verdict = self.resolve(ask)
-                try:
-                    ask = search.send(verdict)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+            result = self._search()
         except KeyboardInterrupt:
             self._abandon()
             raise SessionAborted("interrupted") from None
@@ -147,6 +139,16 @@ class Engine:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.emit("done", result=result, **self._progress())
         return Outcome(result=result, stats=self.stats, iterations=list(self.session.journal))
+
+    def _search(self) -> dict[str, Any]:
+        """Drive the strategy to its result (which may need no ask at all: a one-node model)."""
+        search = self.strategy.search()
+        try:
+            ask = next(search)
+            while True:
+                ask = search.send(self.resolve(ask))
+        except StopIteration as stop:
+            return stop.value
 
     def _on_sigint(self, signum, frame) -> None:
         self._interrupts += 1
@@ -259,6 +261,7 @@ class Engine:
 
     def _record(self, cand: Candidate, fp: str, iteration: int, speculative: bool, result: CheckResult,
                 artifact: Artifact) -> None:
+        self.session.check_space()  # a check on a full disk fails for that reason: never journal it
         entry = Entry(fingerprint=fp, verdict=result.verdict, iteration=iteration, label=cand.label,
                       phase=cand.phase, speculative=speculative, evidence=result.to_json(),
                       items=cand.sorted_items() if cand.size <= 4096 else None)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from bisector.artifacts.journal import JOURNAL_NAME, Entry, Journal
-from bisector.artifacts.session import default_dir, load_meta
+from bisector.artifacts.session import default_dir, load_meta, set_command
 from bisector.checks.base import Verdict
 from bisector.errors import UserError
 
@@ -79,18 +79,26 @@ def seed_session(logfile: Path, session: Path | None) -> list[str]:
     journal = Journal(root / JOURNAL_NAME)
     for verdict, fp, label in verdicts:
         journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, source="replay"))
-    argv = list(command[1:])
-    root_s = str(root.resolve())
-    if "--session" in argv:
-        argv[argv.index("--session") + 1] = root_s
-    elif "--check" in argv:
-        i = argv.index("--check")
-        argv = argv[:i] + ["--session", root_s] + argv[i:]
-    else:
-        argv += ["--session", root_s]
+    argv = with_session(list(command[1:]), str(root.resolve()))
+    set_command(argv)  # the new session records the command it runs, so that resume runs it again
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
     return argv
+
+
+def with_session(argv: list[str], root: str) -> list[str]:
+    """``argv`` with its ``--session`` (bisector's, before ``--check``) set to ``root``; the check
+    command after ``--check`` is never touched, even if it has a ``--session`` of its own."""
+    end = argv.index("--check") if "--check" in argv else len(argv)
+    head, tail = argv[:end], argv[end:]
+    for i, arg in enumerate(head):
+        if arg == "--session" and i + 1 < len(head):
+            head[i + 1] = root
+            return head + tail
+        if arg.startswith("--session="):
+            head[i] = f"--session={root}"
+            return head + tail
+    return head + ["--session", root] + tail
 
 
 def read_polygraphy_replay(path: Path) -> list[Verdict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bisector.artifacts.session import Session, write_json
+from bisector.errors import UserError
 
 
 def iteration_rows(session: Session) -> list[dict[str, Any]]:
@@ -55,5 +56,9 @@ def write_reports(session: Session, *, strategy: str, stats, result: dict[str, A
         note = r["note"] + (" (speculative)" if r["speculative"] else "") + ("" if r["source"] == "check" else f" ({r['source']})")
         md.append(f"| {it} | {r['phase']} | {r['candidate']} | {r['verdict']} | {dur} | {note.strip()} |")
     md_path = rd / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    try:
+        md_path.write_text("\n".join(md) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {md_path}: {exc.strerror or exc}",
+                        hint=f"make room, then: bisector resume {session.root}") from None
     return md_path, json_path

@@ -25,10 +25,20 @@ from bisector.artifacts.journal import JOURNAL_NAME, Journal
 from bisector.errors import UserError
 
 SESSION_FORMAT = 1
+# Less free space than this on the session's disk after a check, and its verdict is not trusted: on a
+# full disk the check's own writes (its log, its outputs) fail, and it fails for that reason.
+DISK_FULL_BYTES = 64 << 10
 
 
 def default_dir() -> Path:
-    return Path.cwd() / time.strftime("bisector-session-%Y%m%d-%H%M%S")
+    """``bisector-session-YYYYmmdd-HHMMSS`` in the working directory, or with ``-2``, ``-3``... if
+    that exists: a session started in the same second as another must not reopen it."""
+    base = Path.cwd() / time.strftime("bisector-session-%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def _versions() -> dict[str, str]:
@@ -87,8 +97,27 @@ class Session:
         d = self.root / "iterations" / f"{i:04d}"
         if d.exists():  # a check in flight when the session was killed: start it afresh
             shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        try:
+            d.mkdir(parents=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {d}: {exc.strerror or exc}",
+                            hint=f"make room or fix the permissions, then: bisector resume {self.root}") from None
         return d
+
+    def check_space(self) -> None:
+        """``UserError`` if the session's disk is full (under ``DISK_FULL_BYTES`` free): a check that
+        ran on a full disk may have failed only because it could not write, so its verdict must
+        not be journaled. The session stays resumable."""
+        try:
+            st = os.statvfs(self.root)
+        except (OSError, AttributeError):  # no statvfs (Windows) or the directory is gone
+            return
+        root_user = getattr(os, "geteuid", lambda: -1)() == 0
+        free = (st.f_bfree if root_user else st.f_bavail) * st.f_frsize
+        if free < DISK_FULL_BYTES:
+            raise UserError(f"disk full under {self.root} ({free // 1024} KiB free): the last check's verdict is "
+                            f"not trusted and was not recorded",
+                            hint=f"free some space, then: bisector resume {self.root}")
 
     @property
     def result_dir(self) -> Path:
@@ -157,5 +186,15 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """Make ``argv`` the command line new sessions record instead of ``sys.argv``: ``bisector
+    replay LOG`` runs the logged command, and that is what ``bisector resume`` must run again."""
+    global _command
+    _command = ["bisector", *argv]
+
+
 def command_line() -> list[str]:
-    return ["bisector", *sys.argv[1:]]
+    return list(_command) if _command is not None else ["bisector", *sys.argv[1:]]

@@ -141,6 +141,10 @@ class ReduceStrategy(Strategy):
             if frozenset(region) not in self.bad:
                 if (yield from self.check(suffix(lo))) != Verdict.BAD:
                     region = sorted(min(self.bad, key=len))
+        elif frozenset(region) not in self.bad:  # p has no ancestors: its cone was never checked
+            alone = self.cand(region, "prefix", f"alone, {self.span(region)}")
+            if (yield from self.check(alone)) != Verdict.BAD:
+                region = sorted(min(self.bad, key=len))
         if len(region) > 1:
             def removal(subset: list) -> Candidate:
                 return self.cand(subset, "removal", f"remove to {self.span(subset)}")

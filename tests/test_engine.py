@@ -1,0 +1,370 @@
+"""The engine with a small real materializer (a text file per candidate) and real check processes
+(tests/scripts/set_check.py): cache, endpoints, speculative -j, journal durability, devices, skip,
+a missing check command."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bisector.artifacts.journal import JOURNAL_NAME, read
+from bisector.artifacts.session import Session
+from bisector.checks.base import Artifact, Verdict
+from bisector.checks.command import CommandCheck
+from bisector.engine import EndpointError, Engine
+from bisector.errors import UserError
+from bisector.strategies.base import Candidate, Strategy
+from bisector.strategies.reduce import ReduceStrategy
+from tests.strategies import drive, fails_if_all
+
+ROOT = Path(__file__).resolve().parent.parent
+SET_CHECK = str(ROOT / "tests" / "scripts" / "set_check.py")
+
+
+class TextMaterializer:
+    """A candidate becomes ``candidate.txt``: its items, one per line."""
+
+    def __init__(self):
+        self.materialized = 0
+
+    def fingerprint(self, candidate: Candidate) -> str:
+        text = f"{candidate.kind}:{','.join(map(str, candidate.sorted_items()))}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:
+        self.materialized += 1
+        path = workdir / "candidate.txt"
+        path.write_text("".join(f"{i}\n" for i in candidate.sorted_items()))
+        return Artifact(workdir=workdir, path=path, iteration=iteration, description=candidate.label)
+
+
+def chain(n: int) -> list[frozenset[int]]:
+    return [frozenset({i - 1}) if i else frozenset() for i in range(n)]
+
+
+def check(need, *extra: str, record: Path | None = None) -> CommandCheck:
+    argv = [sys.executable, SET_CHECK, "{artifact}", "--need", ",".join(map(str, sorted(need))), *extra]
+    if record is not None:
+        argv += ["--record", str(record)]
+    return CommandCheck(argv)
+
+
+def session(root: Path, params: dict | None = None) -> Session:
+    return Session.open(root, command=["bisector", "test"], strategy="reduce", params=params or {}, model=None)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def engine(tmp_path: Path, n: int, need, *extra: str, jobs: int = 1, name: str = "s", strategy=None,
+           **kw) -> tuple[Engine, Path]:
+    record = tmp_path / f"{name}.record.jsonl"
+    eng = Engine(strategy or ReduceStrategy(n, chain(n)), TextMaterializer(), check(need, *extra, record=record),
+                 session(tmp_path / name), jobs=jobs, **kw)
+    return eng, record
+
+
+# ------------------------------------------------------------------------------------- the answer
+def test_engine_gives_the_answer_of_the_pure_driver(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17})
+    outcome = eng.run()
+    expected = drive(ReduceStrategy(20, chain(20)), fails_if_all({3, 17}))
+    assert outcome.result == expected.result
+    assert outcome.result["nodes"] == [3, 17]
+    assert outcome.stats.checks == expected.checks == len(records(record))
+
+
+def test_one_node_subject_needs_only_the_endpoint(tmp_path):
+    eng, record = engine(tmp_path, 1, {0})
+    outcome = eng.run()  # the search asks nothing: it returns at once
+    assert outcome.result["nodes"] == [0]
+    assert outcome.stats.checks == 1 and len(records(record)) == 1
+
+
+# ------------------------------------------------------------------------------------- the cache
+def test_a_fingerprint_is_never_checked_twice_and_cached_verdicts_are_not_counted(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17})
+    outcome = eng.run()
+    runs = records(record)
+    seen = [tuple(r["items"]) for r in runs]
+    assert len(seen) == len(set(seen)), "a candidate was checked twice"
+    assert outcome.stats.cached > 0  # ddmin asks again for candidates it has seen
+    assert outcome.stats.checks == len(runs) == len(eng.session.journal)
+    assert sum(outcome.stats.verdicts.values()) == outcome.stats.checks
+    assert eng.materializer.materialized == len(runs)  # a cached verdict costs no artifact either
+
+
+def test_resume_replays_the_journal_with_zero_checks(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17})
+    first = eng.run()
+    again = Engine(ReduceStrategy(20, chain(20)), TextMaterializer(), check({3, 17}, record=record),
+                   session(tmp_path / "s"))
+    second = again.run()
+    assert second.result == first.result
+    assert second.stats.checks == 0
+    assert second.stats.cached >= first.stats.checks
+    assert len(records(record)) == first.stats.checks
+
+
+# ------------------------------------------------------------------------------------- endpoints
+def test_full_candidate_passing_is_an_endpoint_error(tmp_path):
+    eng, record = engine(tmp_path, 10, {42})  # 42 is in no candidate: nothing fails
+    with pytest.raises(EndpointError) as err:
+        eng.run()
+    assert "full model (10 nodes) passes the check" in err.value.message
+    assert "no failure to search for" in err.value.message
+    assert err.value.hint and "check" in err.value.hint
+    assert isinstance(err.value, UserError)
+    assert len(records(record)) == 1  # the endpoint first, and nothing else
+
+
+class TwoEnds(Strategy):
+    """A minimal strategy with both endpoints: all items must fail, none must pass."""
+
+    name = "two-ends"
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def endpoints(self):
+        return (Candidate(frozenset(range(self.n)), label="everything", phase="endpoints"),
+                Candidate(frozenset(), label="nothing", phase="endpoints"))
+
+    def search(self):
+        verdict = yield self.ask(Candidate(frozenset({0}), label="first", phase="search"))
+        return {"first": verdict.value}
+
+
+def test_trivial_candidate_failing_is_an_endpoint_error(tmp_path):
+    eng, record = engine(tmp_path, 4, set(), strategy=TwoEnds(4))  # need nothing: everything fails
+    with pytest.raises(EndpointError) as err:
+        eng.run()
+    assert "the trivial candidate (nothing) also fails the check" in err.value.message
+    assert [r["items"] for r in records(record)] == [[0, 1, 2, 3], []]
+
+
+def test_endpoints_that_bracket_a_failure_let_the_search_run(tmp_path):
+    eng, record = engine(tmp_path, 4, {1}, strategy=TwoEnds(4))
+    outcome = eng.run()
+    assert outcome.result == {"first": "good"}
+    assert [r["items"] for r in records(record)] == [[0, 1, 2, 3], [], [0]]
+
+
+def test_endpoint_skipped_is_an_endpoint_error(tmp_path):
+    eng, _ = engine(tmp_path, 6, {3}, "--skip-without", "99", strategy=TwoEnds(6))
+    with pytest.raises(EndpointError, match="was skipped by the check"):
+        eng.run()
+
+
+# ------------------------------------------------------------------------------------- -j
+@pytest.mark.parametrize("need", [{3, 13}, {11}, {0, 5, 9}])
+def test_j2_gives_exactly_the_answer_of_j1(tmp_path, need):
+    one, _ = engine(tmp_path, 16, need, name="j1")
+    two, record2 = engine(tmp_path, 16, need, "--sleep", "0.05", jobs=2, name="j2")
+    r1, r2 = one.run(), two.run()
+    assert r2.result == r1.result
+    assert r2.result["nodes"] == sorted(need)
+    journal = list(two.session.journal)
+    assert any(e.speculative for e in journal), "-j 2 never speculated"
+    runs = records(record2)
+    overlapping = any(a["start"] < b["end"] and b["start"] < a["end"] for a, b in itertools.pairwise(runs))
+    assert overlapping, "-j 2 never ran two checks at once"
+    # Every verdict the answer rests on was journaled, speculative ones too: resume needs no check.
+    again = Engine(ReduceStrategy(16, chain(16)), TextMaterializer(), check(need), session(tmp_path / "j2"))
+    assert again.run().stats.checks == 0
+
+
+def test_j3_with_skips_gives_the_answer_of_j1(tmp_path):
+    extra = ("--skip-without", "5", "--full", "12")
+    one, _ = engine(tmp_path, 12, {3, 10}, *extra, name="j1")
+    three, _ = engine(tmp_path, 12, {3, 10}, *extra, "--sleep", "0.03", jobs=3, name="j3")
+    assert three.run().result == one.run().result
+
+
+# ------------------------------------------------------------------------------------- journal
+def test_each_verdict_is_durable_before_the_next_check_starts(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17}, "--journal-lines")  # the check counts the lines
+    eng.run()
+    runs = records(record)
+    assert [r["journal_lines"] for r in runs] == list(range(len(runs)))
+
+
+JOURNAL_WRITER = """
+import sys
+from pathlib import Path
+from bisector.artifacts.journal import Entry, Journal
+from bisector.checks.base import Verdict
+j = Journal(Path(sys.argv[1]))
+for i in range(3):
+    j.append(Entry(fingerprint=f"{i:032x}", verdict=Verdict.BAD, iteration=i))
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_journal_appends_are_fsynced(tmp_path):
+    trace = tmp_path / "trace.txt"
+    journal = tmp_path / JOURNAL_NAME
+    proc = subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,write,fsync,close",
+                           sys.executable, "-c", JOURNAL_WRITER, str(journal)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    fd, events = None, []
+    for line in trace.read_text().splitlines():
+        if "openat(" in line and str(journal) in line and "= " in line and "O_WRONLY" in line:
+            fd = line.rsplit("= ", 1)[1].split()[0]
+        elif fd is not None and f"write({fd}," in line:
+            events.append("write")
+        elif fd is not None and f"fsync({fd})" in line:
+            events.append("fsync")
+        elif fd is not None and f"close({fd})" in line:
+            events.append("close")
+            fd = None
+    assert events == ["write", "fsync", "close"] * 3
+    assert len(read(journal)) == 3
+
+
+def test_torn_last_line_is_tolerated_and_only_that_check_is_repeated(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17})
+    first = eng.run()
+    path = tmp_path / "s" / JOURNAL_NAME
+    lines = path.read_text().splitlines(keepends=True)
+    torn = lines[-1][: len(lines[-1]) // 2]  # killed in the middle of the last write
+    path.write_text("".join(lines[:-1]) + torn)
+    assert len(read(path)) == len(lines) - 1
+    again = Engine(ReduceStrategy(20, chain(20)), TextMaterializer(), check({3, 17}, record=record),
+                   session(tmp_path / "s"))
+    second = again.run()
+    assert second.result == first.result
+    assert second.stats.checks == 1  # only the verdict that was torn
+    assert len(records(record)) == first.stats.checks + 1
+    text = path.read_text()
+    assert text.endswith("\n")
+    good_lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert sum(1 for ln in good_lines if ln == torn) == 1  # the torn line, closed, then skipped
+    assert len(read(path)) == len(lines)  # everything else reads back
+    for ln in good_lines:
+        if ln != torn:
+            json.loads(ln)
+
+
+def test_garbage_lines_in_the_journal_are_skipped(tmp_path):
+    eng, _ = engine(tmp_path, 20, {3})
+    eng.run()
+    path = tmp_path / "s" / JOURNAL_NAME
+    n = len(read(path))
+    with open(path, "a") as f:
+        f.write("not json\n\n{\"no\": \"fingerprint\"}\n")
+    assert len(read(path)) == n
+
+
+# ------------------------------------------------------------------------------------- devices, skip
+def test_devices_give_each_worker_its_own_cuda_visible_devices(tmp_path):
+    eng, record = engine(tmp_path, 16, {3, 13}, "--sleep", "0.1", jobs=2, devices=["0", "1"])
+    eng.run()
+    runs = records(record)
+    assert {r["cuda"] for r in runs} == {"0", "1"}
+    for a in runs:
+        for b in runs:
+            if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                assert a["cuda"] != b["cuda"], "two checks ran at once on one device"
+
+
+def test_without_devices_cuda_visible_devices_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    eng, record = engine(tmp_path, 8, {3})
+    eng.run()
+    assert {r["cuda"] for r in records(record)} == {None}
+
+
+def test_exit_125_is_a_skip_and_the_search_goes_around_it(tmp_path):
+    eng, record = engine(tmp_path, 20, {3, 17}, "--skip-without", "5", "--full", "20")
+    outcome = eng.run()
+    assert outcome.stats.verdicts["skip"] > 0
+    assert sum(r["code"] == 125 for r in records(record)) == outcome.stats.verdicts["skip"]
+    skips = [e for e in eng.session.journal if e.verdict == Verdict.SKIP]
+    assert skips and all(e.evidence["exit_code"] == 125 and "skip" in e.evidence["note"] for e in skips)
+
+    def predicate(items):
+        if 5 not in items and len(items) != 20:
+            return Verdict.SKIP
+        return Verdict.BAD if {3, 17} <= items else Verdict.GOOD
+
+    assert outcome.result == drive(ReduceStrategy(20, chain(20)), predicate).result
+    assert outcome.result["nodes"] == [3, 5, 17]  # 5 could never be removed: its removal is untestable
+
+
+# ------------------------------------------------------------------------------------- a missing command
+def test_missing_check_command_is_a_user_error_before_the_start(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        CommandCheck([str(tmp_path / "no-such-check.sh"), "{artifact}"]).validate()
+    with pytest.raises(UserError, match="not found on PATH"):
+        CommandCheck(["no-such-check-command-anywhere", "{artifact}"]).validate()
+
+
+def test_check_command_missing_at_the_start_is_a_user_error_and_the_session_resumes(tmp_path):
+    script = tmp_path / "check.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import subprocess, sys
+        sys.exit(subprocess.call([sys.executable, {SET_CHECK!r}, *sys.argv[1:]]))
+        """))
+    script.chmod(0o755)
+    record = tmp_path / "record.jsonl"
+    argv = [str(script), "{artifact}", "--need", "3,17", "--record", str(record)]
+
+    hidden = tmp_path / "check.sh.away"
+    script.rename(hidden)  # gone before the first check
+    eng = Engine(ReduceStrategy(20, chain(20)), TextMaterializer(), CommandCheck(argv), session(tmp_path / "s"))
+    with pytest.raises(UserError, match="not found"):
+        eng.run()
+    assert (tmp_path / "s" / "session.json").exists()
+    assert read(tmp_path / "s" / JOURNAL_NAME) == []
+
+    hidden.rename(script)
+    outcome = Engine(ReduceStrategy(20, chain(20)), TextMaterializer(), CommandCheck(argv),
+                     session(tmp_path / "s")).run()
+    assert outcome.result["nodes"] == [3, 17]
+    assert outcome.stats.checks == len(records(record))
+
+
+def test_a_check_that_cannot_run_is_a_user_error(tmp_path):
+    script = tmp_path / "check.sh"
+    script.write_text("exit 1\n")  # no #! line: exec fails with ENOEXEC
+    script.chmod(0o755)
+    eng = Engine(ReduceStrategy(4, chain(4)), TextMaterializer(), CommandCheck([str(script)]), session(tmp_path / "s"))
+    with pytest.raises(UserError, match="cannot be run"):
+        eng.run()
+
+
+# ------------------------------------------------------------------------------------- events
+def test_events_come_in_order_start_checks_verdicts_done(tmp_path):
+    events = []
+    eng, _ = engine(tmp_path, 8, {5}, listeners=[events.append])
+    outcome = eng.run()
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("check-start") == kinds.count("verdict") == outcome.stats.checks
+    assert events[-1]["result"] == outcome.result
+    started = {e["iteration"] for e in events if e["event"] == "check-start"}
+    assert started == {e["iteration"] for e in events if e["event"] == "verdict"}
+
+
+def test_a_broken_listener_does_not_break_the_session(tmp_path):
+    def broken(event):
+        raise RuntimeError("display died")
+
+    eng, _ = engine(tmp_path, 8, {5}, listeners=[broken])
+    assert eng.run().result["nodes"] == [5]
