@@ -288,11 +288,9 @@ def resume(session: Annotated[Path, typer.Argument(help="The session directory")
     meta = load_meta(session)
     argv = list(meta["command"][1:])
     root = str(session.resolve())
-    if "--session" in argv:
-        argv[argv.index("--session") + 1] = root
-    else:
-        head, check = split_argv(argv)
-        argv = head + ["--session", root] + (["--check", *check] if check is not None else [])
+    from bisector.artifacts.replay import with_session
+
+    argv = with_session(argv, root)
     cwd = meta.get("cwd")
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
@@ -373,3 +371,8 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
     if exit:
         sys.exit(code)
     return code
+
+
+from bisector.cli_precision import precision as _precision  # noqa: E402  (registered last: it imports cli)
+
+app.command(name="precision")(_precision)

@@ -358,8 +358,6 @@ def test_sessions_started_in_the_same_second_get_their_own_directories(tmp_path)
     assert len(fresh) == 1 and fresh[0].name.endswith("-2")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.resume rewrites a --session found in the check command; "
-                                       "fix: argv = with_session(argv, root) (bisector.artifacts.replay)")
 def test_resume_leaves_a_check_commands_own_session_flag_alone(tmp_path):
     check = [sys.executable, "-c", "import sys; sys.exit(0)", "--session", "decoy"]
     first = bisector("repeat", "--until", "2", "-q", "--check", *check, cwd=tmp_path)
