@@ -266,7 +266,8 @@ class CommandCheck:
         out = []
         for arg in self.argv:
             if not any(key in arg for key in values):
-                out.append(self._from_launch_dir(arg, Path(artifact.workdir)))
+                module_name = bool(out) and out[-1] == "-m"  # python -m NAME: a module, not a path
+                out.append(arg if module_name else self._from_launch_dir(arg, Path(artifact.workdir)))
                 continue
             for key, value in values.items():
                 if key in arg:
