@@ -9,6 +9,9 @@ the 1-minimal keep-set has 2k nodes) and on the accumulated-error fixture, in ev
 in both directions. Checks include the 2 endpoint checks. The budget is the issue's
 ``2k * ceil(log2 N) + 1`` (+ 2 endpoints), k = the fixture's culprits.
 
+A second table lists what each ``auto`` keep-set holds and whether it is exactly the overflow
+fixture's culprits plus compensators.
+
 Then the time of one candidate's rewrite on ``fixtures.models.make_wide(1000)`` (1,000 nodes, a
 random tenth kept in fp32), best of ``--repeat``: the target is under 200 ms.
 """
@@ -32,7 +35,7 @@ from bisector.engine import Engine
 from bisector.model.precision import lowerable_nodes, rewrite
 from bisector.strategies.base import ceil_log2
 from fixtures import fixture_path
-from fixtures.models import make_wide
+from fixtures.models import FP16_OVERFLOW_COMPENSATORS, FP16_OVERFLOW_CULPRITS, make_wide
 
 RUNS = [  # (label, mode, direction, order)
     ("auto, sensitivity", "auto", "forward", "sensitivity"),
@@ -45,8 +48,8 @@ RUNS = [  # (label, mode, direction, order)
 TOLERANCE = ["1e-2"]
 
 
-def search(model: Path, mode: str, direction: str, order: str) -> tuple[int, int, bool | None, int, float]:
-    """(checks, keep-set size, 1-minimal, lowerable N, seconds) of one session."""
+def search(model: Path, mode: str, direction: str, order: str) -> tuple[int, list[str], bool | None, int, float]:
+    """(checks, keep-set node names, 1-minimal, lowerable N, seconds) of one session."""
     opts = PrecisionOptions(model=model, precision="fp16", mode=mode, direction=direction, order=order,
                             realize="emulate", write_inputs=False)
     check = CompareCheck(Target("cpu"), CompareConfig.from_flags(atol=TOLERANCE, rtol=TOLERANCE))
@@ -58,20 +61,39 @@ def search(model: Path, mode: str, direction: str, order: str) -> tuple[int, int
         out = Engine(st.strategy, st.materializer, check, session).run()
         seconds = time.perf_counter() - start
     r = out.result
-    return out.stats.checks, len(r["keep"]), r["one_minimal"], r["lowerable"], seconds
+    keep = [st.materializer.names[i] for i in sorted(int(i) for i in r["keep"])]  # topological
+    return out.stats.checks, keep, r["one_minimal"], r["lowerable"], seconds
 
 
-def search_table(cases: list[tuple[str, int | None]]) -> None:
-    print("| fixture | N | k | budget | " + " | ".join(label for label, *_ in RUNS) + " |")
+def search_table(cases: list[tuple[str, int | None]]) -> dict[tuple[str, str], list[str]]:
+    """Prints the checks table; returns the keep-set of every auto run by (fixture, label)."""
+    print("| fixture | N | k | budget 2k⌈log2 N⌉+1 (+2 endpoints) | "
+          + " | ".join(label for label, *_ in RUNS) + " |")
     print("|---|---|---|---|" + "---|" * len(RUNS))
+    keeps = {}
     for name, k in cases:
         cells, n = [], 0
-        for _, mode, direction, order in RUNS:
-            checks, size, minimal, n, _ = search(fixture_path(name), mode, direction, order)
+        for label, mode, direction, order in RUNS:
+            checks, keep, minimal, n, _ = search(fixture_path(name), mode, direction, order)
             mark = "" if minimal is None else (" (1-min)" if minimal else " (not 1-min)")
-            cells.append(f"{checks} checks, keep {size}{mark}")
-        budget = f"{2 * k * ceil_log2(n) + 1 + 2}" if k else "-"
+            cells.append(f"{checks} checks, keep {len(keep)}{mark}")
+            if mode == "auto":
+                keeps[name, label] = keep
+        budget = f"{2 * k * ceil_log2(n) + 1} (+2 = {2 * k * ceil_log2(n) + 3})" if k else "-"
         print(f"| {name} | {n} | {k or '-'} | {budget} | " + " | ".join(cells) + " |")
+    return keeps
+
+
+def keep_table(keeps: dict[tuple[str, str], list[str]]) -> None:
+    """What the auto keep-sets hold, against the overflow fixtures' culprits and compensators."""
+    print("\n| fixture | order | keep-set | = culprits + compensators |")
+    print("|---|---|---|---|")
+    for (name, label), keep in keeps.items():
+        k = int(name.rpartition("_")[2]) if name.startswith("fp16_overflow_") else None
+        known = "-" if k is None else \
+            ("yes" if set(keep) == set(FP16_OVERFLOW_CULPRITS[k] + FP16_OVERFLOW_COMPENSATORS[k]) else "no")
+        shown = ", ".join(keep) if len(keep) <= 8 else f"{', '.join(keep[:6])}, ... ({len(keep)} nodes)"
+        print(f"| {name} | {label.partition(', ')[2]} | {shown} | {known} |")
 
 
 def best_ms(fn, repeat: int) -> float:
@@ -109,7 +131,7 @@ def main() -> None:
     cases = [("fp16_overflow_1", 1), ("fp16_overflow_2", 2), ("fp16_overflow_3", 3)]
     if not args.no_accumulated:
         cases.append(("accumulated_error", None))
-    search_table(cases)
+    keep_table(search_table(cases))
     rewrite_table(args.repeat)
 
 
