@@ -1,5 +1,6 @@
 """bisector: find where an ONNX or TensorRT model goes wrong."""
 
+import errno
 import functools
 import os
 import shlex
@@ -23,7 +24,13 @@ _check_argv: Optional[list[str]] = None  # everything after --check, set by main
 
 
 def guarded(fn):
-    """User errors end in one line and exit 2; a stopped session says how to resume."""
+    """User errors end in one line and exit 2; a stopped session says how to resume.
+
+    So do the file-system errors a user can fix (``FILE_ERRNOS``: a full disk, a read-only or
+    unwritable directory, a file where a directory should be) wherever they come from; any other
+    exception is a bug and keeps its traceback. Ctrl-C outside the engine (which handles its own,
+    see ``Engine.run``), e.g. while the model is prepared, exits ``EXIT_STOPPED`` too.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -37,8 +44,41 @@ def guarded(fn):
         except SessionAborted as exc:
             console.print(f"[yellow]stopped:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_STOPPED)
+        except OSError as exc:
+            if exc.errno not in FILE_ERRNOS:
+                raise
+            console.print(f"[bold red]bisector: error:[/] {escape(_os_error_text(exc))}", highlight=False,
+                          soft_wrap=True)
+            root = _open_session()
+            if root:
+                console.print(f"  hint: fix that, then: bisector resume {escape(root)}", highlight=False,
+                              style="dim", soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            root = _open_session()
+            then = f"; continue with: bisector resume {root}" if root else " before a session was started"
+            console.print(f"[yellow]stopped:[/] interrupted{escape(then)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_STOPPED)
 
     return wrapper
+
+
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``path: reason`` (``a -> b: reason`` for a rename). A failed write() carries no path: then
+    the reason and its errno name."""
+    reason = exc.strerror or str(exc)
+    paths = " -> ".join(os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{paths}: {reason}" if paths else f"{reason} ({errno.errorcode.get(exc.errno, exc.errno)})"
+
+
+def _open_session() -> Optional[str]:
+    from bisector.artifacts.session import opened
+
+    root = opened()
+    return shlex.quote(str(root)) if root else None
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -236,7 +276,7 @@ def reduce(
     no_reduce_outputs: Annotated[bool, typer.Option("--no-reduce-outputs", help="Keep the graph outputs; only move the inputs")] = False,
     verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Prove 1-minimality: one check per remaining node")] = False,
     cut_feed: Annotated[str, typer.Option("--cut-feed", help="Values for cut tensors: recorded, random, constant")] = "recorded",
-    weights: Annotated[str, typer.Option("--weights", help="Candidates link the weights, embed them, or auto (embed below 64 MB)")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="Candidates link the session's weight file, embed a copy, or auto: link for --compare and from 64 MiB, else embed")] = "auto",
 ):
     """Find the smallest subgraph of MODEL that still fails the check."""
     from bisector.commands import reduce as red
@@ -266,6 +306,11 @@ def reduce(
         console.print(f"model: {model} ({strategy.n} nodes after preparation), "
                       f"{materializer.store.samples} input sample(s), cut tensors fed {opts.cut_feed} values",
                       highlight=False)
+        if opts.write_inputs and not materializer.embed and materializer.linked_bytes:
+            console.print(f"note: candidates link the session's weight file "
+                          f"({materializer.linked_bytes / 2**20:.0f} MiB) instead of copying it; onnx.load refuses "
+                          f"linked weights, so a check that calls it needs --weights embed", style="dim",
+                          highlight=False)
         return strategy, materializer
 
     def finish(session, outcome):

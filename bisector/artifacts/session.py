@@ -67,7 +67,9 @@ class Session:
              model: dict[str, Any] | None) -> "Session":
         """Create ``root`` (or a new timestamped directory), or reopen it if it holds the same
         session. Refuses, naming the difference, if the model or the parameters changed."""
+        global _opened
         root = Path(root) if root else default_dir()
+        _opened = root
         meta_path = root / "session.json"
         if meta_path.exists():
             meta = load_meta(root)
@@ -187,6 +189,13 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 _command: list[str] | None = None
+_opened: Path | None = None  # the directory Session.open was last given, for the CLI's error lines
+
+
+def opened() -> Path | None:
+    """The session directory this process opened last, if it holds a session (for a resume hint
+    when a command stops before the engine runs, e.g. Ctrl-C while the model is prepared)."""
+    return _opened if _opened is not None and (_opened / "session.json").exists() else None
 
 
 def set_command(argv: list[str]) -> None:

