@@ -4,8 +4,10 @@ Reduce feeds cut tensors with these values (faults are often data-dependent, so 
 hide them), and the in-process compare check uses them as the fp32 reference of any subgraph.
 
 Tensors are recorded in chunks whose estimated size stays under a budget (the model is re-run per
-chunk), written to ``.npy`` files and read back memory-mapped, so a large model's activations
-never sit in memory all at once.
+chunk). Each chunk's tensors of one sample go into one packed file (raw bytes, 64-byte aligned;
+``index.json`` gives every tensor's file, offset, dtype and shape) read back memory-mapped, so a
+large model's activations never sit in memory all at once, and recording a 1,000-node model
+writes a few files rather than one per tensor.
 
 Example::
 
@@ -15,9 +17,9 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,27 +72,33 @@ def _chunks(names: list[str], sizes: dict[str, int], budget: int) -> list[list[s
     return chunks
 
 
-def _safe(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
-    return f"{keep}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
 class ActivationStore:
     """Recorded tensors on disk: ``get(name, sample)`` returns a read-only memory-mapped array."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         index = json.loads((self.root / "index.json").read_text())
-        self.files: dict[str, str] = index["files"]
         self.samples: int = index["samples"]
+        # per sample: {name: [file, offset]}
+        self.locations: list[dict[str, list]] = index["locations"]
         self.dtypes: dict[str, str] = index["dtypes"]
         self.shapes: dict[str, list[int]] = index["shapes"]
+        self.files = self.dtypes  # every recorded tensor, in recording order
+        self._maps: dict[str, np.memmap] = {}
 
     def __contains__(self, name: str) -> bool:
-        return name in self.files
+        return name in self.dtypes
 
     def get(self, name: str, sample: int = 0) -> np.ndarray:
-        return np.load(self.root / str(sample) / self.files[name], mmap_mode="r", allow_pickle=False)
+        fname, offset, shape = self.locations[sample][name]
+        dtype = np.dtype(self.dtypes[name])
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.empty(shape, dtype)
+        buf = self._maps.get(fname)
+        if buf is None:
+            buf = self._maps[fname] = np.memmap(self.root / fname, dtype=np.uint8, mode="r")
+        return buf[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
 
     def feeds(self, names: list[str]) -> list[dict[str, np.ndarray]]:
         """One ``{name: array}`` dict per sample for the given tensors."""
@@ -98,6 +106,34 @@ class ActivationStore:
 
     def spec(self, name: str) -> tuple[np.dtype, list[int]]:
         return np.dtype(self.dtypes[name]), self.shapes[name]
+
+
+class _Packer:
+    """Writes tensors into packed files and keeps the index of where each one went."""
+
+    ALIGN = 64
+
+    def __init__(self, root: Path, samples: int):
+        self.root = root
+        self.locations: list[dict[str, list]] = [{} for _ in range(samples)]
+        self.dtypes: dict[str, str] = {}
+        self.shapes: dict[str, list[int]] = {}
+
+    def write(self, fname: str, sample: int, values) -> None:
+        with open(self.root / fname, "wb") as f:
+            for name, value in values:
+                if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+                    continue  # sequences, maps and strings cannot be fed back to a cut anyway
+                value = np.ascontiguousarray(value)
+                f.write(b"\0" * (-f.tell() % self.ALIGN))
+                self.locations[sample][name] = [fname, f.tell(), list(value.shape)]
+                f.write(value.data)
+                self.dtypes[name] = value.dtype.str
+                self.shapes[name] = list(value.shape)
+
+    def index(self) -> dict:
+        return {"samples": len(self.locations), "locations": self.locations,
+                "dtypes": self.dtypes, "shapes": self.shapes}
 
 
 def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples: list[dict[str, np.ndarray]],
@@ -109,7 +145,9 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
     """
     root = Path(root)
     if (root / "index.json").exists():
-        return ActivationStore(root)
+        if "locations" in json.loads((root / "index.json").read_text()):
+            return ActivationStore(root)
+        shutil.rmtree(root)  # one file per tensor, from bisector 0.1: record again, packed
     runtime = runtime or OnnxRuntime("cpu")
     names = intermediate_tensors(model)
     shapes = infer_shapes(model)
@@ -118,12 +156,13 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
         if n in shapes and all(d >= 0 for d in shapes[n][1]):
             sizes[n] = int(np.prod(shapes[n][1], dtype=np.int64)) * shapes[n][0].itemsize
     chunks = _chunks(names, sizes, budget_bytes)
-    files, dtypes, tshapes = {}, {}, {}
     tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    packer = _Packer(tmp, len(samples))
     for s, sample in enumerate(samples):
-        (tmp / str(s)).mkdir(parents=True, exist_ok=True)
-        for name, arr in sample.items():
-            _store(tmp, s, name, np.asarray(arr), files, dtypes, tshapes)
+        packer.write(f"inputs_{s}.bin", s, ((n, np.asarray(a)) for n, a in sample.items()))
     for ci, chunk in enumerate(chunks):
         m = _with_outputs(model, chunk)
         path = mio.save(m, tmp / f"record_{ci}.onnx", weights_from=weights_dir)
@@ -135,13 +174,10 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
                 values = sess.run(out_names, dict(sample))
             except Exception as exc:
                 raise UserError(f"onnxruntime failed to run the model: {' '.join(str(exc).split())[:300]}") from None
-            for name, value in zip(out_names, values):
-                if name in wanted and isinstance(value, np.ndarray):
-                    _store(tmp, s, name, value, files, dtypes, tshapes)
+            packer.write(f"chunk{ci}_{s}.bin", s, ((n, v) for n, v in zip(out_names, values) if n in wanted))
         del sess
         path.unlink()
-    (tmp / "index.json").write_text(json.dumps({"files": files, "samples": len(samples),
-                                                "dtypes": dtypes, "shapes": tshapes}))
+    (tmp / "index.json").write_text(json.dumps(packer.index()))
     for p in tmp.glob("*.data"):
         p.unlink()
     for p in tmp.iterdir():
@@ -149,13 +185,6 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
             p.unlink()
     tmp.rename(root)
     return ActivationStore(root)
-
-
-def _store(root, s, name, value, files, dtypes, shapes) -> None:
-    fname = files.setdefault(name, _safe(name) + ".npy")
-    np.save(root / str(s) / fname, value, allow_pickle=False)
-    dtypes[name] = value.dtype.str
-    shapes[name] = list(value.shape)
 
 
 def run_all_tensors(model: onnx.ModelProto, samples, weights_dir: Path | None = None) -> dict[str, np.ndarray]:

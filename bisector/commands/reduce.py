@@ -57,7 +57,7 @@ class ReduceOptions:
     fallback_shapes: bool = False
     iter_artifact: str = DEFAULT_ARTIFACT
     write_inputs: bool = True  # command checks need inputs.json; the compare check does not
-    weights: str = "auto"  # link | embed | auto (embed below io.EMBED_WEIGHTS_BELOW_BYTES)
+    weights: str = "auto"  # link | embed | auto (see weights_embedded)
 
     def params(self) -> dict[str, Any]:
         """What changes the search (compared on resume)."""
@@ -78,7 +78,8 @@ class ReduceMaterializer:
         types = {name: store.spec(name) for name in store.files}
         self.cutter = SubgraphCutter(prepared.model, types)
         self.names = self.cutter.index.names
-        self.embed = weights_embedded(opts.weights, prepared)
+        self.embed = weights_embedded(opts.weights, prepared, command_check=opts.write_inputs)
+        self.linked_bytes = mio.external_bytes(prepared.model)
 
     def fingerprint(self, candidate: Candidate) -> str:
         return items_fingerprint("reduce", candidate.items, self.opts.cut_feed)
@@ -112,11 +113,20 @@ class ReduceMaterializer:
                         weights_dir=self.prepared.weights_dir, description=f"{candidate.label} [{candidate.phase}]")
 
 
-def weights_embedded(mode: str, prepared: Prepared) -> bool:
+def weights_embedded(mode: str, prepared: Prepared, command_check: bool = True) -> bool:
+    """Whether candidates carry a copy of the weights they use, rather than a link to the session's
+    weight file.
+
+    ``auto`` links for the in-process compare check (onnxruntime reads hard-linked weights: bytes
+    per iteration stay independent of the weights) and for weights of 64 MiB and more. Below that,
+    candidates handed to a command check embed their weights, because ``onnx.load`` refuses
+    hard-linked external data ("potential hardlink attack") and a check that calls it, directly or
+    through a tool, would fail every candidate for that reason alone.
+    """
     if mode not in WEIGHT_MODES:
         raise UserError(f"--weights {mode!r}: choose one of {', '.join(WEIGHT_MODES)}")
     if mode == "auto":
-        return mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES
+        return command_check and mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES
     return mode == "embed"
 
 

@@ -4,8 +4,10 @@ The candidate of reduce is just a set of node positions. Everything else follows
 
 - its **inputs** are the tensors its nodes read that no node in the set writes (original graph
   inputs and *cut tensors*), minus weights;
-- its **outputs** are the tensors its nodes write that no node in the set reads, plus original
-  graph outputs written in the set;
+- its **outputs** are the tensors its nodes write that no node in the set reads, or that a node
+  outside the set reads, plus original graph outputs written in the set. A tensor read both
+  inside and outside stays visible: a fault on it must not hide behind a consumer that happens to
+  be in the candidate;
 - weights are referenced, never copied: initializers keep their external-data references.
 
 Example::
@@ -83,8 +85,10 @@ class SubgraphCutter:
                 consumed.add(t)
                 if t not in produced and t not in self._inits and t not in self._sparse:
                     inputs.setdefault(t, None)
+        members = set(order)
         outputs = [t for i in order for t in idx.outputs[i]
-                   if t not in consumed or t in self._graph_outputs]
+                   if t not in consumed or t in self._graph_outputs
+                   or any(c not in members for c in idx.consumers.get(t, ()))]
         return order, list(inputs), outputs
 
     def cut(self, nodes) -> Subgraph:

@@ -154,6 +154,22 @@ def test_cut_makes_cut_tensors_inputs_and_dangling_tensors_outputs():
     assert set(sub2.outputs) == set(idx.outputs[2] + idx.outputs[7])
 
 
+def test_cut_exposes_a_tensor_also_read_outside_the_set():
+    # x -> a=Relu(x) -> b=Neg(a) -> y=Add(a, b): `a` is read by Neg (in the set) and by Add (out)
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["a"], name="relu"),
+         onnx.helper.make_node("Neg", ["a"], ["b"], name="neg"),
+         onnx.helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+        "residual",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    cutter = SubgraphCutter(onnx.helper.make_model(g), {})
+    sub = cutter.cut({0, 1})
+    assert sub.inputs == ["x"]
+    assert sub.outputs == ["a", "b"]  # a fault on `a` must not hide behind `neg`
+    assert cutter.cut({0, 1, 2}).outputs == ["y"]
+
+
 def test_fingerprint_is_stable_and_sensitive_to_weights(tmp_path):
     a, b = make_chain(seed=0), make_chain(seed=0)
     assert model_fingerprint(a) == model_fingerprint(b)
