@@ -135,24 +135,26 @@ def reproduce_command(check_argv, written, cmp, iter_artifact: str) -> list[str]
 
 
 def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
-    from rich.table import Table
-
     from bisector.artifacts.report import write_reports
     from bisector.commands.precision import error_table
     from bisector.data import save_outputs
+    from bisector.tables import NodeTable
 
     res = outcome.result
     written["reference_outputs"] = str(save_outputs({REFERENCE_RUNNER: st.materializer.reference},
                                                     session.result_dir / "reference_outputs.json"))
     repro = reproduce_command(check_argv, written, cmp, opts.iter_artifact)
     keep = written["kept_nodes"]
+    table = NodeTable(f"keep in fp32: {len(keep)} of {res['lowerable']} nodes",
+                      ("node", "op type", "own error", "tensor"), code=(0, 3))
+    for k in keep:
+        table.add(k["name"], k["op_type"], _err(k.get("error")), k.get("tensor", ""))
     minimal = {True: "1-minimal: removing any one node fails", False: "NOT shown 1-minimal",
                None: f"{opts.mode} mode ({opts.direction}): a contiguous run, not minimized"}[res.get("one_minimal")]
     md = ["## Answer", "",
           f"Keep **{len(keep)}** of {res['lowerable']} lowerable nodes in fp32 for {opts.precision} "
           f"({outcome.stats.checks} checks, {outcome.stats.cached} cached verdicts reused; {minimal}).", "",
-          "| node | op type | own error | tensor |", "|---|---|---|---|"]
-    md += [f"| `{k['name']}` | {k['op_type']} | {_err(k.get('error'))} | `{k.get('tensor', '')}` |" for k in keep]
+          *table.markdown()]
     md += ["", f"- mixed-precision model (deploy; TensorRT 11 strongly typed): `{written['mixed']}`",
            f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}` "
            f"(`bisector compare MODEL --precision {opts.precision} --keep-fp32 @{written['keep_fp32']}`)",
@@ -168,12 +170,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     write_reports(session, strategy="precision", stats=outcome.stats, result={**res, **written},
                   answer_md="\n".join(md), reproduce=repro)
 
-    table = Table(title=f"keep in fp32: {len(keep)} of {res['lowerable']} nodes", title_justify="left")
-    for col in ("node", "op type", "own error", "tensor"):
-        table.add_column(col)
-    for k in keep:
-        table.add_row(k["name"], k["op_type"], _err(k.get("error")), str(k.get("tensor", "")))
-    console.print(table)
+    console.print(table.rich())
     console.print(f"{minimal}; checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "
                   f"{outcome.stats.elapsed:.1f} s", highlight=False)
     console.print(f"[bold]mixed model:[/] {opts.output or written['mixed']}", highlight=False)

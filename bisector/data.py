@@ -89,7 +89,11 @@ def decode_array(obj: dict[str, Any]) -> np.ndarray:
     return loaded
 
 
-def _class_of(dct: dict[str, Any]) -> str | None:
+def polygraphy_class(dct: Mapping[str, Any]) -> str | None:
+    """The class Polygraphy's JSON encoder marked ``dct`` with, or None: ``"polygraphy_class": C``,
+    or the legacy markers ``"polygraphy_serialized_json_type": C`` and
+    ``"__polygraphy_encoded_C": "polygraphy_serialized_json_type"``. Used by ``data`` and
+    ``backends.trt_parse`` (tactic replay files)."""
     if TYPE_KEY in dct:
         return dct[TYPE_KEY]
     if isinstance(dct.get(LEGACY_TYPE_KEY), str):
@@ -102,7 +106,7 @@ def _class_of(dct: dict[str, Any]) -> str | None:
 
 def _decode_object(dct: dict[str, Any]) -> Any:
     """``json.loads`` object hook: turn Polygraphy-tagged objects into arrays and results."""
-    cls = _class_of(dct)
+    cls = polygraphy_class(dct)
     if cls is None:
         return dct
     if cls == "ndarray":

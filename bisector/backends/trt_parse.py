@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bisector.data import LEGACY_PREFIX, LEGACY_TYPE_KEY, TYPE_KEY
+from bisector.data import TYPE_KEY, polygraphy_class
 from bisector.errors import UserError
 
 # ---------------------------------------------------------------- build-log regexes
@@ -361,21 +361,10 @@ class ReplayAlgorithm:
     outputs: tuple[ReplayTensor, ...] = ()
 
 
-def _class_of(dct: Mapping) -> str | None:
-    if TYPE_KEY in dct:
-        return dct[TYPE_KEY]
-    if isinstance(dct.get(LEGACY_TYPE_KEY), str):
-        return dct[LEGACY_TYPE_KEY]
-    for key, value in dct.items():
-        if key.startswith(LEGACY_PREFIX) and value == LEGACY_TYPE_KEY:
-            return key[len(LEGACY_PREFIX):]
-    return None
-
-
 def _expect(obj: Any, cls: str, what: str) -> Mapping:
     if not isinstance(obj, Mapping):
         raise UserError(f"tactic replay: {what} is not an object")
-    found = _class_of(obj)
+    found = polygraphy_class(obj)
     if found is not None and found != cls:
         raise UserError(f"tactic replay: {what} is a {found}, expected {cls}")
     return obj

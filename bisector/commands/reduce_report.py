@@ -5,9 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from rich.table import Table
-
 from bisector.artifacts.report import write_reports
+from bisector.tables import NodeTable
 
 PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof")
 
@@ -61,11 +60,13 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
     phases = phase_table(session, res["original_nodes"])
     repro = reproduce_command(check_argv, opts, written, cmp)
     culprits = written["culprits"]
+    table = NodeTable(f"culprit: {len(culprits)} of {res['original_nodes']} nodes",
+                      ("node", "op type", "inputs", "outputs"))
+    for c in culprits:
+        table.add(c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"]))
     md = ["## Answer", "",
           f"{res['original_nodes']} nodes reduced to **{len(culprits)}** in {outcome.stats.checks} checks "
-          f"({outcome.stats.cached} cached verdicts reused).", "",
-          "| node | op type | inputs | outputs |", "|---|---|---|---|"]
-    md += [f"| `{c['name']}` | {c['op_type']} | {', '.join(c['inputs'])} | {', '.join(c['outputs'])} |" for c in culprits]
+          f"({outcome.stats.cached} cached verdicts reused).", "", *table.markdown()]
     md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
     if written.get("min_good"):
         md.append(f"- min-good model: `{written['min_good']}`")
@@ -76,12 +77,7 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
     write_reports(session, strategy="reduce", stats=outcome.stats, result={**res, **written, "phases": phases},
                   answer_md="\n".join(md), reproduce=repro)
 
-    table = Table(title=f"culprit: {len(culprits)} of {res['original_nodes']} nodes", title_justify="left")
-    for col in ("node", "op type", "inputs", "outputs"):
-        table.add_column(col)
-    for c in culprits:
-        table.add_row(c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"]))
-    console.print(table)
+    console.print(table.rich())
     console.print("phases: " + ", ".join(f"{p['phase']} {p['checks']} checks -> {p['size_after']} nodes" for p in phases),
                   highlight=False)
     console.print(f"checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "

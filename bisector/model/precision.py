@@ -62,7 +62,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from bisector.errors import UserError
-from bisector.model.io import drop_initializer_inputs, normalize_ir
+from bisector.model.io import drop_initializer_inputs, normalize_ir, read_external
 
 log = logging.getLogger(__name__)
 
@@ -463,23 +463,17 @@ def _constant_tensor(node: onnx.NodeProto) -> TensorProto:
 
 
 def _read_float(t: TensorProto, weights_dir: Path | None) -> np.ndarray:
-    """The fp32 values of ``t``, reading only its own bytes when it is external."""
+    """The fp32 values of ``t``, reading only its own bytes (``io.read_external``) when it is external."""
     if t.data_location != TensorProto.EXTERNAL:
         return onnx.numpy_helper.to_array(t).astype(np.float32, copy=False)
-    info = {e.key: e.value for e in t.external_data}
     if weights_dir is None:
         raise ValueError(f"initializer {t.name!r} has external data: pass weights_dir to convert it")
-    path = weights_dir / info["location"]
     count = int(np.prod(t.dims, dtype=np.int64))
-    try:
-        with open(path, "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            data = f.read(4 * count)
-    except OSError as exc:
-        raise UserError(f"cannot read the weights of {t.name!r} from {path}: {exc.strerror or exc}") from None
-    if len(data) != 4 * count:
-        raise UserError(f"weight file {path} is truncated at {t.name!r}")
-    return np.frombuffer(data, dtype="<f4").reshape(tuple(t.dims))
+    data = read_external(t, weights_dir)
+    if len(data) < 4 * count:
+        location = next((e.value for e in t.external_data if e.key == "location"), "?")
+        raise UserError(f"weight file {Path(weights_dir) / location} is truncated at {t.name!r}")
+    return np.frombuffer(data, dtype="<f4", count=count).reshape(tuple(t.dims))
 
 
 def _bf16_bits(arr: np.ndarray) -> np.ndarray:

@@ -419,3 +419,17 @@ def test_overflow_fixtures_need_culprits_and_compensators_under_emulation(k):
     out = run(rewrite(m, keep=culprits | compensators, realize="emulate"), x, check=False)["y"]
     np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(run(rewrite(m, realize="true"), x, check=False)["y"], ref, rtol=1e-2, atol=1e-2)
+
+
+def test_external_weights_missing_or_truncated_are_user_errors(tmp_path):
+    """External weights are read by ``io.read_external``: a missing or short file is a UserError."""
+    onnx.save(overflow_chain(), tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.bin", size_threshold=0)
+    m = io.load(tmp_path / "m.onnx")
+    data = (tmp_path / "m.bin").read_bytes()
+    (tmp_path / "m.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="is truncated at"):
+        rewrite(m, realize="true", weights_dir=tmp_path)
+    (tmp_path / "m.bin").unlink()
+    with pytest.raises(UserError, match="cannot read weights of"):
+        rewrite(m, realize="true", weights_dir=tmp_path)
