@@ -147,9 +147,16 @@ def test_polygraphy_modes_return_a_failing_subgraph(tmp_path, mode):
 
 def test_compare_check_finds_fp16_overflow_in_process(tmp_path):
     model = fixture_path("fp16_overflow_1")
-    code, report = reduce(tmp_path, model, "--compare", "--precision", "fp16", "--atol", "1e-2", "--rtol", "1e-2")
+    code, report = reduce(tmp_path, model, "--compare", "--precision", "fp16", "--atol", "1e-2", "--rtol", "1e-2",
+                          "--no-remove-intermediate")
     assert code == 0
     assert report["result"]["node_names"] == ["matmul6"]
+    # --weights auto links for the in-process check: no candidate carries a copy of its weights
+    candidates = list((tmp_path / "session" / "iterations").glob("*/polygraphy_debug.onnx"))
+    assert len(candidates) == report["checks"]
+    for path in candidates:
+        inits = onnx.load(str(path), load_external_data=False).graph.initializer
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in inits if len(t.dims) == 2)
     assert code == 0 and main(["compare", str(tmp_path / "reduced.onnx"), "--load-inputs",
                                str(tmp_path / "reduced_inputs.json"), "--precision", "fp16"], exit=False) == 1
 

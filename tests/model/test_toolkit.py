@@ -130,6 +130,11 @@ def test_fold_constants_removes_shape_arithmetic():
     assert not any(n.op_type in ("Shape", "Gather", "Constant") for n in folded.graph.node)
 
 
+def test_fold_constants_leaves_a_model_with_nothing_to_fold_as_it_is():
+    model = make_chain()
+    assert fold_constants(model) is model
+
+
 def test_prepare_keeps_control_flow_nodes_whole(tmp_path):
     onnx.save(make_control_flow(), tmp_path / "cf.onnx")
     prepared = prepare(tmp_path / "cf.onnx", weights_dir=tmp_path / "w")
