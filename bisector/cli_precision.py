@@ -136,7 +136,7 @@ def reproduce_command(check_argv, written, cmp, iter_artifact: str) -> list[str]
 
 def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
     from bisector.artifacts.report import write_reports
-    from bisector.commands.precision import error_table
+    from bisector.commands.precision_sensitivity import error_table
     from bisector.data import save_outputs
     from bisector.tables import NodeTable
 
@@ -166,7 +166,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
         md += ["", "## Where precision is lost", "",
                "Each node run alone in the low precision on its exact fp32 inputs (the error it adds, not "
                "what it inherits), most sensitive first:", ""]
-        md += error_table(st, {k["name"] for k in keep})
+        md += error_table(st.errors, {k["name"] for k in keep})
     write_reports(session, strategy="precision", stats=outcome.stats, result={**res, **written},
                   answer_md="\n".join(md), reproduce=repro)
 

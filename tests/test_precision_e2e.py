@@ -169,7 +169,7 @@ def test_sensitivity_names_the_overflowing_tensor(tmp_path):
 
 # ---------------------------------------------------------------------------------------- int8
 def test_int8_exclusion_leaves_the_kept_node_in_fp32(tmp_path):
-    from bisector.commands.precision import Int8Quantizer, quantized_nodes
+    from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
     from bisector.model.prepare import prepare
 
     prepared = prepare(fixture_path("convnet"), weights_dir=tmp_path / "weights")
@@ -203,7 +203,7 @@ def test_int8_search_on_a_conv_net(tmp_path):
     assert keep and report["result"]["one_minimal"] is True
     mixed = onnx.load(str(tmp_path / "mixed.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in mixed.graph.node)
-    from bisector.commands.precision import quantized_nodes
+    from bisector.commands.precision_int8 import quantized_nodes
 
     assert not keep & set(quantized_nodes(mixed))
     assert cli.main(report["reproduce"][1:], exit=False) == 0  # the QDQ answer passes on its own
