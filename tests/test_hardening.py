@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, EXIT_STOPPED, bisector, executable, faulty, one_error_line, report
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report
 
 
 def journal(session: Path) -> list[dict]:
@@ -119,3 +119,39 @@ def test_ctrl_c_while_the_model_is_prepared_says_how_to_resume(tmp_path, chain_m
     assert "Traceback" not in err
     stopped = [ln for ln in (out + err).splitlines() if ln.startswith("stopped:")]
     assert stopped == ["stopped: interrupted; continue with: bisector resume s"], out + err
+
+
+# ------------------------------------------------------------------------------------- kill -9
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_check_does_not_outlive_bisector_killed_with_9(tmp_path, chain_model, jobs):
+    piddir, sleep = tmp_path / "pids", tmp_path / "sleep.txt"  # slow_faulty.py leaves its pid, then sleeps
+    sleep.write_text("0")
+    proc = subprocess.Popen([sys.executable, "-m", "bisector", "reduce", "m.onnx", "-o", "red.onnx", "--session", "s",
+                             "-q", "-j", str(jobs), "--check", sys.executable, str(SCRIPTS / "slow_faulty.py"),
+                             str(piddir), str(sleep), *faulty()[3:]], cwd=tmp_path, env=ENV,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not piddir.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sleep.write_text("60")  # the first check (the full model) is quick; those after it sleep
+        while len(list(piddir.glob("*"))) < 1 + jobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        checks = [int(p.name) for p in piddir.glob("*") if not gone(int(p.name))]
+        assert len(checks) == jobs, "the checks did not start"
+        for pid in checks:  # ours: the command line names our directory
+            assert str(piddir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while not all(gone(pid) for pid in checks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(gone(pid) for pid in checks), "a check outlived bisector"
+    finally:
+        proc.kill()
+        for f in piddir.glob("*"):
+            try:
+                os.kill(int(f.name), signal.SIGKILL)
+            except OSError:
+                pass

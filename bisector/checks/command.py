@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ POLL_S = 0.05  # how often a running check looks for a timeout or terminate()
 TAIL_BYTES_PER_CHAR = 4  # utf-8 worst case, to read only the tail when no regex needs it all
 ON_FAILURE_CHOICES = ("bad", "skip", "abort")  # for on_timeout / on_crash
 PROC_DIR = "/proc"  # Linux: tells running group members from zombies
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 PLACEHOLDERS = ("{artifact}", "{inputs}", "{iteration}", "{session}")
 
@@ -150,7 +152,8 @@ class CommandCheck:
       bisector was started in, not the workdir.
     - stdout and stderr go, merged in order, to ``<workdir>/check.log``; the result keeps the last
       ``output_tail_chars`` characters. stdin is /dev/null. The command runs in its own process
-      group (session); whatever of that group outlives the command is killed.
+      group (session); whatever of that group outlives the command is killed. On Linux the
+      command also gets SIGKILL if bisector dies (``kill -9``): see :func:`_die_with_parent`.
     - Killed by a signal -> ``on_crash``; over ``timeout_s`` -> the group gets SIGTERM, then
       SIGKILL after ``KILL_GRACE_S``, then ``on_timeout``. Both take ``"bad"`` (default),
       ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
@@ -318,6 +321,7 @@ class CommandCheck:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(),
             )
         except FileNotFoundError:
             raise UserError(f"check command {argv[0]!r} not found") from None
@@ -353,6 +357,27 @@ class CommandCheck:
         if choice == "abort":
             raise SessionAborted(f"the check {note} ({flag} abort)")
         return Verdict.BAD if choice == "bad" else Verdict.SKIP
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` that makes the kernel SIGKILL the command when the thread that started it
+    ends (Linux ``PR_SET_PDEATHSIG``), so a check does not outlive a ``kill -9`` of bisector; None
+    elsewhere. The engine starts checks from its pool's worker threads, and each of them waits in
+    :meth:`CommandCheck.run` until the command and its group are gone: the signal never comes
+    early. Only the command itself gets it, not what it starts (those stay in its process group)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # bisector died before prctl: nobody would send the signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
