@@ -68,8 +68,10 @@ class Outcome:
 class Engine:
     """``Engine(strategy, materializer, check, session).run()`` -> :class:`Outcome`.
 
-    ``jobs``: checks at once (speculation fills the extra slots). ``devices``: one environment per
-    worker slot, e.g. ``["0", "1"]`` gives each its own ``CUDA_VISIBLE_DEVICES``.
+    ``jobs``: checks at once (speculation fills the extra slots); always 1 for a check whose
+    ``parallel`` is False (a person must not be asked about candidates the search may never need).
+    ``devices``: one environment per worker slot, e.g. ``["0", "1"]`` gives each its own
+    ``CUDA_VISIBLE_DEVICES``.
     ``artifacts``: files in the iteration directory to sort into ``good/``/``bad/``.
     ``keep_intermediate``: keep each iteration's artifact (Polygraphy's ``--no-remove-intermediate``).
     """
@@ -83,6 +85,10 @@ class Engine:
         self.check = check
         self.session = session
         self.jobs = max(1, jobs)
+        if self.jobs > 1 and not getattr(getattr(check, "inner", check), "parallel", True):
+            log.warning("-j %d ignored: a person answers one question at a time, only about what the search "
+                        "needs (no speculation); running with -j 1", self.jobs)
+            self.jobs = 1
         self.devices = devices or []
         self.artifacts = artifacts or []
         self.keep_intermediate = keep_intermediate

@@ -308,6 +308,23 @@ def test_interactive_session_answered_through_its_prompt_then_resumed(tmp_path, 
     assert len(fps) == len(set(fps)) == 3 + len(more)  # no question was asked twice
 
 
+def test_interactive_check_with_j3_is_asked_only_what_the_search_needs(tmp_path, chain_model):
+    def session(name: str, *jobs: str) -> tuple[str, list[dict]]:
+        argv = [sys.executable, "-m", "bisector", "reduce", "m.onnx", "-o", "red.onnx", "--session", name, *jobs]
+        code, err, asked = Prompted(argv, tmp_path).run(lambda artifact, n: truth(artifact))
+        assert code == 0, err
+        assert report(tmp_path / name)["result"]["node_names"] == ["relu4"]
+        assert len(asked) == len(journal(tmp_path / name))
+        return err, journal(tmp_path / name)
+
+    err, entries = session("s3", "-j", "3")
+    notes = [ln for ln in err.splitlines() if "-j 3 ignored" in ln]
+    assert len(notes) == 1 and "running with -j 1" in notes[0]
+    assert not any(e.get("speculative") for e in entries)
+    _, one = session("s1")
+    assert [e["fingerprint"] for e in entries] == [e["fingerprint"] for e in one]  # the questions of -j 1
+
+
 def test_interactive_end_of_input_stops_resumably(tmp_path, chain_model):
     proc = bisector("reduce", "m.onnx", "-o", "red.onnx", "--session", "s", cwd=tmp_path, stdin="b\n")
     assert proc.returncode == EXIT_STOPPED, proc.stderr

@@ -95,6 +95,9 @@ class Check(Protocol):
 
     A check raises ``bisector.errors.UserError`` for a problem the user must fix (the command
     does not exist) and ``bisector.errors.SessionAborted`` to stop the session on purpose.
+    Optional: ``parallel = False`` if it must not run two at once or on speculative candidates
+    (a person answering), ``terminate()`` to stop everything for good (Ctrl-C), ``cancel()`` to
+    stop only the runs in progress (speculation the search no longer needs).
     """
 
     def run(self, artifact: Artifact) -> CheckResult: ...

@@ -35,8 +35,10 @@ class InteractiveCheck:
     """Ask a person. Streams are injectable: tests drive it with ``io.StringIO``.
 
     Questions are serialized (one prompt at a time, even if the engine runs checks in threads).
+    ``parallel = False`` tells the engine to run one check at a time, with no speculation.
     """
 
+    parallel = False
     _prompt_lock = threading.Lock()
 
     def __init__(self, input_stream: TextIO | None = None, output_stream: TextIO | None = None):
