@@ -47,11 +47,30 @@ class EndpointError(UserError):
 
 @dataclass
 class Stats:
-    checks: int = 0  # check runs (speculative ones included), cached verdicts not counted
-    cached: int = 0
+    """Counts over the whole session: a resumed run starts from the checks its journal holds, so
+    a session interrupted and resumed reports what an uninterrupted one would. A verdict the
+    journal answers again (``cached``) is not a new check; replayed or imported verdicts
+    (``bisector replay``) were never checks here and are not counted."""
+
+    checks: int = 0  # check runs over the session (speculative ones included)
+    run_checks: int = 0  # of which in this run
+    cached: int = 0  # asks answered from the cache in this run (on resume: the journal's verdicts)
     verdicts: dict[str, int] = field(default_factory=lambda: {"good": 0, "bad": 0, "skip": 0})
-    started: float = field(default_factory=time.monotonic)
-    check_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)  # this run's start (elapsed is this run's)
+    check_seconds: float = 0.0  # over the session
+
+    @classmethod
+    def of(cls, entries) -> "Stats":
+        stats = cls()
+        for e in entries:
+            if e.source == "check":
+                stats.count(e.verdict, (e.evidence or {}).get("duration_s") or 0.0)
+        return stats
+
+    def count(self, verdict: Verdict, seconds: float) -> None:
+        self.checks += 1
+        self.check_seconds += seconds
+        self.verdicts[verdict.value] += 1
 
     @property
     def elapsed(self) -> float:
@@ -94,7 +113,7 @@ class Engine:
         self.keep_intermediate = keep_intermediate
         self.listeners = listeners or []
         self.check_endpoints = check_endpoints
-        self.stats = Stats()
+        self.stats = Stats.of(session.journal)
         self.cache: dict[str, Entry] = session.journal.cache()
         self._next_iteration = session.journal.next_iteration()
         self._running: dict[str, Future] = {}
@@ -273,9 +292,8 @@ class Engine:
                       items=cand.sorted_items() if cand.size <= 4096 else None)
         self.session.journal.append(entry)  # fsync'd before anything else learns the verdict
         self.cache[fp] = entry
-        self.stats.checks += 1
-        self.stats.check_seconds += result.duration_s
-        self.stats.verdicts[result.verdict.value] += 1
+        self.stats.count(result.verdict, result.duration_s)
+        self.stats.run_checks += 1
         if self.artifacts:
             self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value)
         if not self.keep_intermediate:

@@ -252,7 +252,8 @@ def test_repeat_interrupted_then_resumed_counts_on(tmp_path):
     assert again.returncode == 0, again.stderr
     r = report(tmp_path / "s")
     assert r["result"]["runs"] == 5 and r["result"]["skip"] == 1 and r["result"]["good"] == 4
-    assert r["checks"] == 3  # runs 3 (again), 4 and 5; runs 1 and 2 came from the journal
+    assert r["checks"] == 5 and r["verdicts"] == {"good": 4, "bad": 0, "skip": 1}  # the session, every run
+    assert r["checks_this_run"] == 3  # runs 3 (again), 4 and 5; runs 1 and 2 came from the journal
     assert counter.read_text() == "6"
 
 

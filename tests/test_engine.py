@@ -111,7 +111,9 @@ def test_resume_replays_the_journal_with_zero_checks(tmp_path):
                    session(tmp_path / "s"))
     second = again.run()
     assert second.result == first.result
-    assert second.stats.checks == 0
+    assert second.stats.run_checks == 0
+    assert second.stats.checks == first.stats.checks  # the session's checks, from the journal
+    assert second.stats.verdicts == first.stats.verdicts
     assert second.stats.cached >= first.stats.checks
     assert len(records(record)) == first.stats.checks
 
@@ -182,7 +184,7 @@ def test_j2_gives_exactly_the_answer_of_j1(tmp_path, need):
     assert overlapping, "-j 2 never ran two checks at once"
     # Every verdict the answer rests on was journaled, speculative ones too: resume needs no check.
     again = Engine(ReduceStrategy(16, chain(16)), TextMaterializer(), check(need), session(tmp_path / "j2"))
-    assert again.run().stats.checks == 0
+    assert again.run().stats.run_checks == 0
 
 
 def test_j3_with_skips_gives_the_answer_of_j1(tmp_path):
@@ -248,7 +250,8 @@ def test_torn_last_line_is_tolerated_and_only_that_check_is_repeated(tmp_path):
                    session(tmp_path / "s"))
     second = again.run()
     assert second.result == first.result
-    assert second.stats.checks == 1  # only the verdict that was torn
+    assert second.stats.run_checks == 1  # only the verdict that was torn
+    assert second.stats.checks == first.stats.checks
     assert len(records(record)) == first.stats.checks + 1
     text = path.read_text()
     assert text.endswith("\n")

@@ -155,3 +155,40 @@ def test_a_check_does_not_outlive_bisector_killed_with_9(tmp_path, chain_model, 
                 os.kill(int(f.name), signal.SIGKILL)
             except OSError:
                 pass
+
+
+# ------------------------------------------------------------------------------------- counts after resume
+def test_a_resumed_session_reports_the_counts_of_an_uninterrupted_one(tmp_path, chain_model):
+    ref = bisector("reduce", "m.onnx", "-o", "ref.onnx", "--session", "ref", "-q", "--check", *faulty(), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    expected = report(tmp_path / "ref")
+
+    counter = tmp_path / "runs"
+    check = executable(tmp_path / "check.py", f"""\
+        import os, signal, subprocess, sys, time
+        from pathlib import Path
+        counter = Path({str(counter)!r})
+        runs = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(runs))
+        if runs == 4:  # Ctrl-C to bisector while the fourth check runs
+            os.kill(os.getppid(), signal.SIGINT)
+            time.sleep(30)
+        sys.exit(subprocess.call([sys.executable, "-m", "fixtures.faulty_check", *sys.argv[1:]]))
+        """)
+    first = bisector("reduce", "m.onnx", "-o", "red.onnx", "--session", "s", "-q", "--check", str(check),
+                     *faulty()[3:], cwd=tmp_path)
+    assert first.returncode == EXIT_STOPPED, first.stderr
+    assert len(journal(tmp_path / "s")) == 3
+    resumed = bisector("resume", "s", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    r = report(tmp_path / "s")
+    assert r["result"]["node_names"] == expected["result"]["node_names"]
+    assert r["checks"] == expected["checks"] == len(journal(tmp_path / "s"))
+    assert r["verdicts"] == expected["verdicts"]
+    assert r["checks_this_run"] == expected["checks"] - 3 and r["cached"] >= 3
+    md = (tmp_path / "s" / "result" / "report.md").read_text()
+    assert f"in {expected['checks']} checks" in md  # the answer
+    assert f"checks run: {expected['checks']} in the session, {expected['checks'] - 3} in its last run" in md
+    v = expected["verdicts"]
+    assert f"good {v['good']}, bad {v['bad']}, skip {v['skip']}" in md

@@ -165,7 +165,8 @@ def test_resume_refuses_a_changed_model_or_changed_parameters(tmp_path, chain_mo
     again = bisector("resume", "s", cwd=tmp_path)  # unchanged: resumes, with nothing left to check
     assert again.returncode == 0, again.stderr
     r = report(tmp_path / "s")
-    assert r["checks"] == 0 and r["cached"] > 0
+    assert r["checks_this_run"] == 0 and r["cached"] > 0
+    assert r["checks"] == len(journal(tmp_path / "s"))  # the session's checks, not only this run's
     assert r["result"]["node_names"] == ["relu4"]
 
     changed = reduce_chain(tmp_path, "s", "--mode", "linear")
@@ -303,7 +304,7 @@ def test_interactive_session_answered_through_its_prompt_then_resumed(tmp_path, 
     assert code == 0, err
     r = report(tmp_path / "s")
     assert r["result"]["node_names"] == ["relu4"]
-    assert r["checks"] == len(more) and r["cached"] >= 1
+    assert r["checks"] == 3 + len(more) and r["checks_this_run"] == len(more) and r["cached"] >= 1
     fps = [e["fingerprint"] for e in journal(tmp_path / "s")]
     assert len(fps) == len(set(fps)) == 3 + len(more)  # no question was asked twice
 
@@ -383,7 +384,7 @@ def test_resume_leaves_a_check_commands_own_session_flag_alone(tmp_path):
     resumed = bisector("resume", original.name, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert list(tmp_path.glob("bisector-session-*")) == [original]
-    assert report(original)["checks"] == 0
+    assert report(original)["checks"] == 2 and report(original)["checks_this_run"] == 0
 
 
 def test_ctrl_c_at_the_prompt_stops_resumably(tmp_path, chain_model):

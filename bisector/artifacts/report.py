@@ -26,7 +26,8 @@ def write_reports(session: Session, *, strategy: str, stats, result: dict[str, A
     rows = iteration_rows(session)
     doc = {
         "strategy": strategy,
-        "checks": stats.checks,
+        "checks": stats.checks,  # the whole session's, every run (see engine.Stats)
+        "checks_this_run": stats.run_checks,
         "cached": stats.cached,
         "verdicts": dict(stats.verdicts),
         "elapsed_s": round(stats.elapsed, 3),
@@ -45,7 +46,8 @@ def write_reports(session: Session, *, strategy: str, stats, result: dict[str, A
         md += ["## Reproduce", "", "```", " ".join(shlex.quote(a) for a in reproduce), "```", ""]
     md += ["## Run", "",
            f"- command: `{' '.join(shlex.quote(a) for a in session.meta.get('command') or [])}`",
-           f"- checks run: {stats.checks} (cached verdicts reused: {stats.cached}); "
+           f"- checks run: {stats.checks} in the session, {stats.run_checks} in its last run "
+           f"(cached verdicts reused: {stats.cached}); "
            f"good {stats.verdicts['good']}, bad {stats.verdicts['bad']}, skip {stats.verdicts['skip']}",
            f"- elapsed: {stats.elapsed:.1f} s",
            f"- versions: {', '.join(f'{k} {v}' for k, v in (session.meta.get('versions') or {}).items())}",
