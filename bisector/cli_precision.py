@@ -47,10 +47,12 @@ def precision(
     order: Annotated[Optional[str], typer.Option("--order", help="Search order: sensitivity (measured per-node error; default for auto) or topo")] = None,
     verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Check every removal from the answer instead of inferring it")] = False,
     weights: Annotated[str, typer.Option("--weights", help="Candidates link the weights, embed them, or auto (embed below 64 MB)")] = "auto",
+    constraints: Annotated[Optional[str], typer.Option("--precision-constraints", help="TensorRT <= 10.11 only: build each candidate as a weakly typed engine (polygraphy_debug.engine) with the kept layers constrained to fp32, obey or prefer, instead of rewriting the ONNX graph")] = None,
 ):
     """Find the fewest nodes of MODEL to keep in fp32 so that fp16, bf16 or int8 passes the check."""
     from bisector import cli
     from bisector.commands import precision as prec
+    from bisector.commands import precision_trt
     from bisector.commands.compare import read_keep
     from bisector.engine import EndpointError
 
@@ -65,6 +67,14 @@ def precision(
         raise UserError(f"--order {order!r}: choose sensitivity or topo")
     if cmp.realize not in (None, "true", "emulate"):
         raise UserError(f"--realize {cmp.realize!r}: choose true or emulate")
+    if constraints is not None:
+        if cmp.compare:
+            raise UserError("--precision-constraints builds TensorRT engines, which the in-process --compare cannot run",
+                            hint="check them with a command, e.g. --check polygraphy run polygraphy_debug.engine "
+                                 "--model-type engine --trt --load-inputs inputs.json --load-outputs REF.json")
+        if cmp.realize is not None:
+            raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
+        precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
     # The check runs the realized model as it is: its Target gets no precision of its own.
     check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
     realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")
@@ -73,14 +83,18 @@ def precision(
                                  order=order, realize=realize, keep_always=read_keep(cmp.keep_fp32),
                                  verify_minimal=verify_minimal, reference=cmp.reference, input_shapes=args["shapes"],
                                  load_inputs=args["load"], seed=data.seed, val_range=args["val_range"],
-                                 samples=data.samples, iter_artifact=s.iter_artifact or prec.DEFAULT_ARTIFACT,
-                                 write_inputs=not cmp.compare, weights=weights)
+                                 samples=data.samples, write_inputs=not cmp.compare, weights=weights,
+                                 iter_artifact=s.iter_artifact or (precision_trt.ENGINE_ARTIFACT if constraints
+                                                                   else prec.DEFAULT_ARTIFACT),
+                                 constraints=constraints)
     state = {}
 
     def setup(session):
         st = prec.setup(opts, session.root)
         state["setup"] = st
         how = "QDQ int8 (onnxruntime quantize_static)" if opts.precision == "int8" else f"{opts.precision} ({realize})"
+        if constraints:
+            how = f"TensorRT {opts.precision} engines, kept layers fp32 ({constraints} precision constraints)"
         cli.console.print(f"model: {model} ({len(st.prepared.model.graph.node)} nodes, {len(st.lowerable)} can run "
                           f"in {opts.precision}); candidates realized as {how}", highlight=False)
         flagged = [st.materializer.names[i] for i in st.strategy.items[:st.strategy.likely]]
@@ -110,9 +124,9 @@ def precision(
 
 
 # ---------------------------------------------------------------------------------------- report
-def reproduce_command(check_argv, written, cmp, iter_artifact: str) -> list[str]:
-    """The check on the answer as the search checked it (``checked.onnx``), or a compare against the
-    fp32 outputs of the search (``reference_outputs.json``)."""
+def reproduce_command(check_argv, written, cmp, iter_artifact: str, engine: bool = False) -> list[str]:
+    """The check on the answer as the search checked it (``checked.onnx``, or ``checked.engine``), or
+    a comparison against the fp32 outputs of the search (``reference_outputs.json``)."""
     checked, inputs = written["checked"], written["inputs"]
     if check_argv:
         out = []
@@ -123,6 +137,9 @@ def reproduce_command(check_argv, written, cmp, iter_artifact: str) -> list[str]
                 a = inputs
             out.append(a.replace("{artifact}", checked).replace("{inputs}", inputs))
         return out
+    if engine:
+        return ["polygraphy", "run", checked, "--model-type", "engine", "--trt", "--load-inputs", inputs,
+                "--load-outputs", written["reference_outputs"]]
     cmd = ["bisector", "compare", checked, "--load-inputs", inputs, "--load-outputs", written["reference_outputs"]]
     if cmp.provider != "cpu":
         cmd += ["--provider", cmp.provider]
@@ -143,7 +160,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     res = outcome.result
     written["reference_outputs"] = str(save_outputs({REFERENCE_RUNNER: st.materializer.reference},
                                                     session.result_dir / "reference_outputs.json"))
-    repro = reproduce_command(check_argv, written, cmp, opts.iter_artifact)
+    repro = reproduce_command(check_argv, written, cmp, opts.iter_artifact, engine=opts.constraints is not None)
     keep = written["kept_nodes"]
     table = NodeTable(f"keep in fp32: {len(keep)} of {res['lowerable']} nodes",
                       ("node", "op type", "own error", "tensor"), code=(0, 3))

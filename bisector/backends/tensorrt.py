@@ -12,6 +12,12 @@ Example::
     records = parse_autotune_log(Path("build.log").read_text())      # op -> timing-cache key, tactic
     cache = force_tactics(cache, {records[0].key: records[0].tactics[1].tactic_hash})
     engine2, _ = build_engine("model.onnx", timing_cache=cache, editable_timing_cache=True)
+
+TensorRT <= 10.11 only (weak typing; ``require_weak_typing`` refuses 10.12 and later)::
+
+    layers = network_layers("model.onnx")                            # [NetworkLayer(index, name, ...)]
+    engine3, _ = build_engine("model.onnx", strongly_typed=False, fp16=True,
+                              layer_precisions={"/head/MatMul": "fp32"}, precision_constraints="obey")
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,8 @@ INSTALL_HINT = "pip install 'bisector[tensorrt]' on a machine with an NVIDIA GPU
 INVALID_TACTIC_HASH = 2**64 - 1  # TimingCacheValue::kINVALID_TACTIC_HASH
 FORCED_TIMING_MS = 1.0  # what sampleEditableTimingCache writes for a forced tactic with no timing
 LAST_WEAK_TYPING = (10, 11)  # layer.precision / FP16 flags: deprecated in 10.12, removed in 11
+# --precision-constraints value -> BuilderFlag name (weak typing only)
+PRECISION_CONSTRAINTS = {"obey": "OBEY_PRECISION_CONSTRAINTS", "prefer": "PREFER_PRECISION_CONSTRAINTS"}
 PRECISIONS = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "int32": "INT32",
               "fp8": "FP8", "int64": "INT64", "bool": "BOOL", "uint8": "UINT8"}
 FLOAT_DTYPES = ("FLOAT", "HALF", "BF16")
@@ -60,6 +69,29 @@ def trt_version() -> tuple[int, ...]:
 
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:4])
+
+
+def require_weak_typing(version: str) -> tuple[int, ...]:
+    """``version``'s tuple if that TensorRT still has weak typing (<= 10.11), else a UserError.
+
+    Layer precision constraints (``layer.precision``, ``set_output_type``, OBEY/PREFER_PRECISION_
+    CONSTRAINTS, the FP16/BF16 flags) were deprecated in 10.12 and removed in 11. Pure: the version
+    text is ``tensorrt.__version__``.
+    """
+    parsed = _version_tuple(version)
+    if parsed[:2] > LAST_WEAK_TYPING:
+        raise UserError(f"TensorRT {version} has no weak typing for bisector (layer precision constraints were "
+                        "deprecated in 10.12 and removed in 11)",
+                        hint="drop --precision-constraints: the keep-set is then written into the ONNX graph "
+                             "(mixed.onnx), which every TensorRT version builds strongly typed")
+    return parsed
+
+
+def weak_typing_trt():
+    """``tensorrt``, imported, if it is installed and still weakly typed; else a one-line UserError."""
+    trt = import_trt()
+    require_weak_typing(trt.__version__)
+    return trt
 
 
 def _flag(trt, name: str):
@@ -151,13 +183,16 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
                  bf16: bool = False, tf32: bool = True, layer_precisions: Mapping[str, str] | None = None,
                  timing_cache: bytes | None = None, editable_timing_cache: bool = False,
                  builder_optimization_level: int | None = None, detailed_profiling: bool = True,
-                 verbose_log_path: str | os.PathLike | None = None) -> tuple[bytes, bytes]:
+                 verbose_log_path: str | os.PathLike | None = None,
+                 precision_constraints: str = "obey") -> tuple[bytes, bytes]:
     """Build a serialized engine; returns ``(engine_bytes, timing_cache_bytes)``.
 
     - ``strongly_typed`` (default): precision comes from the ONNX graph. 11.x is always strongly
       typed. ``fp16``/``bf16``/``layer_precisions`` ({network layer name: fp32|fp16|...}, set as
       ``layer.precision`` plus float output types, with OBEY_PRECISION_CONSTRAINTS) need
       ``strongly_typed=False`` and TensorRT <= 10.11 (deprecated in 10.12, removed in 11: UserError).
+      ``precision_constraints`` says how the builder takes ``layer_precisions``: ``"obey"``
+      (OBEY_PRECISION_CONSTRAINTS: fail rather than ignore one) or ``"prefer"`` (PREFER_...).
     - ``tf32=False`` clears BuilderFlag.TF32 (the "FP32" baseline is TF32 otherwise).
     - ``timing_cache``: a serialized cache to start from (None: a fresh empty one, so timing noise
       varies tactic choices between builds). ``editable_timing_cache`` sets EDITABLE_TIMING_CACHE
@@ -166,6 +201,8 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
     - ``detailed_profiling`` builds with ProfilingVerbosity.DETAILED so ``layer_tactics`` sees tactics.
     - ``verbose_log_path`` receives every log line (for ``trt_parse.parse_autotune_log``).
     """
+    if precision_constraints not in PRECISION_CONSTRAINTS:
+        raise UserError(f"precision constraints {precision_constraints!r}: choose obey or prefer")
     trt = import_trt()
     version = _version_tuple(trt.__version__)
     weak = fp16 or bf16 or bool(layer_precisions)
@@ -203,7 +240,7 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
             config.set_flag(_flag(trt, "BF16"))
         if layer_precisions:
             _constrain_layers(trt, network, layer_precisions)
-            config.set_flag(_flag(trt, "OBEY_PRECISION_CONSTRAINTS"))
+            config.set_flag(_flag(trt, PRECISION_CONSTRAINTS[precision_constraints]))
         if editable_timing_cache:
             config.set_flag(_flag(trt, "EDITABLE_TIMING_CACHE"))
         cache = config.create_timing_cache(bytes(timing_cache or b""))
@@ -238,6 +275,42 @@ def _constrain_layers(trt, network, layer_precisions: Mapping[str, str]) -> None
     if wanted:
         raise UserError(f"{len(wanted)} layer(s) not in the TensorRT network, e.g. {next(iter(wanted))!r}",
                         hint="network layer names follow ONNX node names; engine layer names differ")
+
+
+@dataclass(frozen=True)
+class NetworkLayer:
+    """One layer of a parsed (not built) network, as plain data: what a precision plan needs.
+
+    ``type`` is the LayerType member name (``CONSTANT``, ``MATRIX_MULTIPLY``, ...); ``metadata`` is
+    what TensorRT 10's ONNX parser records (``[ONNX Layer: <node>]``, empty before that);
+    ``outputs`` holds ``(DataType name, is_execution_tensor)`` per output (``("FLOAT", True)``).
+    """
+
+    index: int
+    name: str
+    type: str
+    metadata: str = ""
+    outputs: tuple[tuple[str, bool], ...] = ()
+
+
+def network_layers(onnx_path: str | os.PathLike) -> list[NetworkLayer]:
+    """Parse ``onnx_path`` into a weakly typed network (nothing is built) and describe its layers."""
+    trt = import_trt()
+    logger = _logger(trt, None)
+    try:
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = parse_onnx(trt, network, onnx_path, logger)  # noqa: F841 (owns the weights)
+        out = []
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            outputs = tuple((layer.get_output(j).dtype.name, bool(layer.get_output(j).is_execution_tensor))
+                            for j in range(layer.num_outputs))
+            out.append(NetworkLayer(i, layer.name, layer.type.name, str(getattr(layer, "metadata", "") or ""),
+                                    outputs))
+        return out
+    finally:
+        logger.close()
 
 
 def _deserialize(trt, engine_bytes: bytes, logger=None):

@@ -11,9 +11,13 @@ models of ``precision_int8`` (onnxruntime's ``quantize_static``, the keep-set ex
 **Order.** ``--order sensitivity`` (the default for ``auto``) searches the nodes most sensitive
 first, by each node's own error (``precision_sensitivity``); ``--order topo`` in graph order.
 
+**TensorRT <= 10.11** (``constraints="obey"|"prefer"``, ``--precision-constraints``): each candidate
+is instead a weakly typed engine with the keep-set's layers constrained to fp32
+(``precision_trt``); the check runs ``polygraphy_debug.engine``.
+
 **Answer.** ``write_result`` writes ``keep_fp32.json``, ``mixed.onnx`` (the deployable model),
-``checked.onnx`` (the model as the search checked it) and the per-layer precisions for TensorRT
-<= 10.11 weakly typed builds.
+``checked.onnx`` (the model as the search checked it; ``checked.engine`` for TensorRT weak typing)
+and the per-layer precisions for TensorRT <= 10.11 weakly typed builds.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from bisector.backends.target import run_reference
 from bisector.checks.base import Artifact
 from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
 from bisector.commands.precision_sensitivity import NodeError, load_or_measure, sensitivity_order
+from bisector.commands.precision_trt import WeakEngineBuilder, layer_text, trtexec_flags
 from bisector.commands.reduce import input_samples, weights_embedded
 from bisector.data import load_inputs, save_inputs
 from bisector.errors import UserError
@@ -49,7 +54,6 @@ PRECISIONS = ("fp16", "bf16", "int8")
 ORDERS = ("sensitivity", "topo")
 DEFAULT_ARTIFACT = "polygraphy_debug.onnx"
 INPUTS_NAME = "inputs.json"
-TRT_FLAG = {"fp16": "--fp16", "bf16": "--bf16", "int8": "--int8"}
 
 
 @dataclass
@@ -72,6 +76,7 @@ class PrecisionOptions:
     iter_artifact: str = DEFAULT_ARTIFACT
     write_inputs: bool = True
     weights: str = "auto"
+    constraints: str | None = None  # TensorRT <= 10.11: "obey"/"prefer" builds weakly typed engines
 
     @property
     def search_order(self) -> str:
@@ -84,7 +89,7 @@ class PrecisionOptions:
                 "verify_minimal": self.verify_minimal, "reference": self.reference,
                 "input_shapes": self.input_shapes, "load_inputs": [str(p) for p in self.load_inputs],
                 "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
-                "iter_artifact": self.iter_artifact, "weights": self.weights}
+                "iter_artifact": self.iter_artifact, "weights": self.weights, "constraints": self.constraints}
 
 
 # ---------------------------------------------------------------- materializer
@@ -94,7 +99,8 @@ class PrecisionMaterializer:
     """Keep-set (node positions) -> the realized model, its inputs, and the fp32 reference outputs."""
 
     def __init__(self, prepared: Prepared, names: list[str], samples, reference, opts: PrecisionOptions,
-                 quantizer: Int8Quantizer | None = None, inputs_file: Path | None = None):
+                 quantizer: Int8Quantizer | None = None, inputs_file: Path | None = None,
+                 engines: WeakEngineBuilder | None = None):
         self.prepared = prepared
         self.names = names
         self.samples = samples
@@ -102,10 +108,13 @@ class PrecisionMaterializer:
         self.opts = opts
         self.quantizer = quantizer
         self.inputs_file = inputs_file
+        self.engines = engines
         self.embed = weights_embedded(opts.weights, prepared)
 
     @property
     def realization(self) -> str:
+        if self.engines is not None:
+            return f"trt-weak-{self.opts.constraints}"
         return "qdq" if self.opts.precision == "int8" else self.opts.realize
 
     def keep_names(self, items) -> frozenset[str]:
@@ -126,7 +135,12 @@ class PrecisionMaterializer:
         return model, self.prepared.weights_dir
 
     def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:
-        model, weights_dir = self.realize(self.keep_names(candidate.items), workdir / self.opts.iter_artifact)
+        keep = self.keep_names(candidate.items)
+        if self.engines is not None:  # the artifact is an engine: no ONNX model for in-process checks
+            self.engines.build(keep, workdir / self.opts.iter_artifact)
+            model, weights_dir = None, None
+        else:
+            model, weights_dir = self.realize(keep, workdir / self.opts.iter_artifact)
         inputs_path = None
         if self.opts.write_inputs and self.inputs_file is not None:
             inputs_path = workdir / INPUTS_NAME
@@ -168,6 +182,9 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model")
     (root / "reference").mkdir(exist_ok=True)
     reference = run_reference(opts.reference, prepared.model, prepared.weights_dir, root / "reference", samples)
+    engines = None
+    if opts.constraints is not None:  # fails early (no tensorrt, TensorRT >= 10.12, int8)
+        engines = WeakEngineBuilder(prepared, opts.precision, opts.constraints, root / "trt")
     quantizer, full_dir = None, prepared.weights_dir
     if opts.precision == "int8":
         quantizer = Int8Quantizer(prepared, samples, root / "int8")
@@ -191,7 +208,7 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
         raise UserError(f"--order {opts.order!r}: choose sensitivity or topo")
     strategy = PrecisionStrategy(items, mode=opts.mode, direction=opts.direction, names=names, likely=likely,
                                  verify_minimal=opts.verify_minimal)
-    materializer = PrecisionMaterializer(prepared, names, samples, reference, opts, quantizer, inputs_file)
+    materializer = PrecisionMaterializer(prepared, names, samples, reference, opts, quantizer, inputs_file, engines)
     return Setup(prepared, strategy, materializer, errors, sorted(items))
 
 
@@ -224,40 +241,23 @@ def write_result(result: dict, st: Setup, opts: PrecisionOptions, result_dir: Pa
     out["mixed"] = str(mio.save_standalone(model, result_dir / "mixed.onnx", wdir))
     if opts.output:
         out["output"] = str(mio.save_standalone(model, opts.output, wdir))
-    if m.realization != deploy:
+    layers = {n: "float32" for n in sorted(kept, key=lambda n: m.names.index(n))}
+    if m.engines is not None:  # as checked: the engine; its constraints name the real network layers
+        plan = m.engines.build(kept, result_dir / "checked.engine")
+        out["checked"] = str(result_dir / "checked.engine")
+        layers = {c.name: "float32" for c in plan.constraints}
+    elif m.realization != deploy:
         model, wdir = m.realize(kept, tmp / "checked.onnx")
         out["checked"] = str(mio.save_standalone(model, result_dir / "checked.onnx", wdir))
     else:
         out["checked"] = out["mixed"]
     shutil.rmtree(tmp, ignore_errors=True)
-    layers = {n: "float32" for n in sorted(kept, key=lambda n: m.names.index(n))}
     out["layer_precisions"] = str(_write(result_dir / "layer_precisions.json", layers))
     out["trtexec_flags"] = trtexec_flags(opts.precision, list(layers))
-    (result_dir / "layer_precisions.txt").write_text(_layer_text(opts.precision, out["trtexec_flags"]))
+    (result_dir / "layer_precisions.txt").write_text(layer_text(opts.precision, out["trtexec_flags"]))
     return out
 
 
 def _write(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=1) + "\n")
     return path
-
-
-def trtexec_flags(precision: str, layers: list[str]) -> list[str]:
-    """TensorRT <= 10 weakly typed builds: obey per-layer precisions (layer = ONNX node name)."""
-    if not layers:
-        return [TRT_FLAG[precision]]
-    spec = ",".join(f"{n}:fp32" for n in layers)
-    return [TRT_FLAG[precision], "--precisionConstraints=obey", f"--layerPrecisions={spec}",
-            f"--layerOutputTypes={spec}"]
-
-
-def _layer_text(precision: str, flags: list[str]) -> str:
-    return f"""Keep these layers in fp32 on TensorRT <= 10.11 (weakly typed builds; layer.precision was removed in 11):
-
-    trtexec --onnx=MODEL.onnx {' '.join(flags)}
-
-The ONNX parser names a layer after its ONNX node (a node that becomes several layers gives them
-suffixed names: check with --dumpLayerInfo). In Python: for each layer whose name is in
-layer_precisions.json, set layer.precision = trt.float32 and layer.set_output_type(i, trt.float32),
-with BuilderFlag.OBEY_PRECISION_CONSTRAINTS. TensorRT 11 (strongly typed): build mixed.onnx as it is.
-"""
