@@ -41,8 +41,9 @@ clamps: past 65504, fp16 is inf, as on a GPU. Converted weights are embedded: pa
 ``io.externalize`` the result before saving it.
 
 An own pass, not onnxconverter-common's ``convert_float_to_float16``. On the 1,000-node model of
-``bench/precision_rewrite.py`` (2 shared cores): 45-75 ms true, 60-100 ms emulate; the converter
-90-100 ms. The target is 200 ms (one rewrite per check). Correctness decided: the converter (1.16)
+``bench/precision_rewrite.py`` (2 shared cores under load, best of 5, 7 runs): fp16 61-101 ms true,
+99-146 ms emulate; bf16 up to 174 ms; the converter 174-274 ms (docs/benchmarks.md, table P4). The
+target is 200 ms (one rewrite per check). Correctness decided: the converter (1.16)
 clamps weights by default, breaks on an initializer shared by a kept and a lowered node ("B has
 inconsistent type"), relabels external fp32 weights as fp16 without converting their bytes
 (onnxruntime: "external data size mismatch"), makes Range fp16 (invalid), and has no bf16 or emulation.
