@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from bisector.strategies.base import Ask, Candidate, Strategy
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
+CANCEL_POLL_S = 0.1  # how often the end of a search cancels the checks still running
 
 
 class Materializer(Protocol):
@@ -121,6 +123,7 @@ class Engine:
         for i in range(self.jobs):
             self._slots.put(i)
         self._pool: ThreadPoolExecutor | None = None
+        self._search_over = False
         self._interrupts = 0
         self._lock = threading.Lock()
 
@@ -152,6 +155,7 @@ class Engine:
             if self.check_endpoints:
                 self._endpoints()
             result = self._search()
+            self._end_speculation()
         except KeyboardInterrupt:
             self._abandon()
             raise SessionAborted("interrupted") from None
@@ -198,6 +202,27 @@ class Engine:
         self._terminate_checks()
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _end_speculation(self) -> None:
+        """The search is over; checks still in flight are speculation it never asked for. Those not
+        yet running are dropped. A check that can ``cancel()`` (the command check) is stopped: its
+        process group killed and reaped, no verdict journaled, its iteration directory removed. Any
+        other check runs to its end and is journaled like every speculative verdict. Either way the
+        journal holds only whole verdicts of checks that ran, so resume and replay see one session."""
+        for fp, fut in list(self._running.items()):
+            if fut.cancel():  # never started
+                del self._running[fp]
+        self._search_over = True  # from now on a check that has not started its run never does
+        cancel = getattr(self.check, "cancel", None)
+        while cancel is not None and not all(fut.done() for fut in self._running.values()):
+            cancel()  # again until all are done: a worker may start its command after a call
+            wait(list(self._running.values()), timeout=CANCEL_POLL_S)
+        wait(list(self._running.values()))
+        for fp, fut in list(self._running.items()):
+            if fut.exception() is not None:  # cancelled, or failed after the answer was found
+                log.debug("speculative check dropped after the search: %s", fut.exception())
+                del self._running[fp]
+        self._harvest()
 
     def _endpoints(self) -> None:
         must_fail, must_pass = self.strategy.endpoints()
@@ -267,7 +292,14 @@ class Engine:
                 device = self.devices[slot % len(self.devices)]
                 artifact.extra_env = {**artifact.extra_env, "CUDA_VISIBLE_DEVICES": device}
             start = time.monotonic()
-            result = self.check.run(artifact)
+            try:
+                if self._search_over:
+                    raise SessionAborted("the search no longer needs this check")
+                result = self.check.run(artifact)
+            except SessionAborted:
+                if self._search_over:  # cancelled by _end_speculation: leave nothing half-done
+                    shutil.rmtree(workdir, ignore_errors=True)
+                raise
             if not result.duration_s:
                 result.duration_s = time.monotonic() - start
             return iteration, result, artifact

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,79 @@ def test_j3_with_skips_gives_the_answer_of_j1(tmp_path):
     one, _ = engine(tmp_path, 12, {3, 10}, *extra, name="j1")
     three, _ = engine(tmp_path, 12, {3, 10}, *extra, "--sleep", "0.03", jobs=3, name="j3")
     assert three.run().result == one.run().result
+
+
+# ------------------------------------------------------------------------------------- speculation at the end
+class AskAndGuess(Strategy):
+    """Asks for {0} while guessing it will want {1} next, then is done without it."""
+
+    name = "ask-and-guess"
+
+    def endpoints(self):
+        return None, None
+
+    def search(self):
+        verdict = yield self.ask(Candidate(frozenset({0}), label="asked", phase="search"),
+                                 [Candidate(frozenset({1}), label="guessed", phase="search")])
+        return {"asked": verdict.value}
+
+
+SLOW_GUESS = """\
+import os, sys, time
+items = open(sys.argv[1]).read().split()
+open(os.path.join(sys.argv[2], items[0]), "w").write(str(os.getpid()))
+if items == ["1"]:
+    time.sleep(float(sys.argv[3]))
+for _ in range(200):  # the asked check ends only once the guess runs
+    if os.path.exists(os.path.join(sys.argv[2], "1")):
+        break
+    time.sleep(0.05)
+"""
+
+
+def slow_guess(tmp_path: Path, seconds: float) -> tuple[CommandCheck, Path]:
+    """A check that leaves its pid in PIDS/<item> and sleeps ``seconds`` on the guessed candidate; on
+    the asked one it ends only once the guess has started."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "slow_guess.py"
+    script.write_text(SLOW_GUESS)
+    return CommandCheck([sys.executable, str(script), "{artifact}", str(pids), str(seconds)]), pids
+
+
+def test_speculation_still_running_when_the_search_ends_is_cancelled(tmp_path):
+    check, pids = slow_guess(tmp_path, 60)
+    eng = Engine(AskAndGuess(), TextMaterializer(), check, session(tmp_path / "s"), jobs=2)
+    start = time.monotonic()
+    outcome = eng.run()
+    assert time.monotonic() - start < 20, "the engine waited for the speculative check"
+    assert outcome.result == {"asked": "good"}
+    guess = int((pids / "1").read_text())
+    assert not os.path.exists(f"/proc/{guess}"), "the cancelled check was not killed and reaped"
+    entries = read(tmp_path / "s" / JOURNAL_NAME)
+    assert [e.label for e in entries] == ["asked"] and outcome.stats.checks == 1  # nothing of the guess
+    assert sorted(p.name for p in (tmp_path / "s" / "iterations").iterdir()) == [f"{entries[0].iteration:04d}"]
+
+    again = Engine(AskAndGuess(), TextMaterializer(), check, session(tmp_path / "s"), jobs=2).run()
+    assert again.result == outcome.result and again.stats.run_checks == 0  # cancel left the check usable
+
+
+class Uncancellable:
+    """A check with no ``cancel()``: its speculation runs to the end."""
+
+    def __init__(self, inner):
+        self.run = inner.run
+
+
+def test_speculation_that_cannot_be_cancelled_is_journaled_when_it_finishes(tmp_path):
+    check, pids = slow_guess(tmp_path, 1)
+    outcome = Engine(AskAndGuess(), TextMaterializer(), Uncancellable(check), session(tmp_path / "s"), jobs=2).run()
+    assert outcome.result == {"asked": "good"}
+    entries = read(tmp_path / "s" / JOURNAL_NAME)
+    assert [(e.label, e.speculative) for e in entries] == [("asked", False), ("guessed", True)]
+    assert outcome.stats.checks == 2
+    again = Engine(AskAndGuess(), TextMaterializer(), check, session(tmp_path / "s"), jobs=2).run()
+    assert again.result == outcome.result and again.stats.run_checks == 0
 
 
 # ------------------------------------------------------------------------------------- journal

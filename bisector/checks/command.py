@@ -159,8 +159,9 @@ class CommandCheck:
       ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
     - A missing or non-executable command raises ``UserError`` (see :meth:`validate`).
     - :meth:`terminate` (from any thread) kills every running command; their ``run`` raises
-      ``SessionAborted``, and so does every later ``run``. ``run`` may be called from several
-      threads at once.
+      ``SessionAborted``, and so does every later ``run``. :meth:`cancel` kills only the commands
+      running now (their ``run`` raises ``SessionAborted``); later runs go on. ``run`` may be
+      called from several threads at once.
     - ``show_output`` / ``hide_fail_output`` are Polygraphy's ``--show-output`` /
       ``--hide-fail-output``; :meth:`should_show` applies them, the CLI prints.
     """
@@ -198,6 +199,7 @@ class CommandCheck:
         self.hide_fail_output = hide_fail_output
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
+        self._cancelled: set[subprocess.Popen] = set()
         self._terminated = threading.Event()
         self.launch_dir = Path.cwd()
 
@@ -220,6 +222,14 @@ class CommandCheck:
         for proc in procs:
             _signal_group(proc.pid, signal.SIGTERM)
 
+    def cancel(self) -> None:
+        """Kill the commands running now (SIGTERM now; SIGKILL follows in ``run``). Thread-safe."""
+        with self._lock:
+            procs = list(self._running)
+            self._cancelled.update(procs)
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGTERM)
+
     def run(self, artifact: Artifact) -> CheckResult:
         """Run the command on ``artifact`` and return the verdict with its evidence."""
         if self._terminated.is_set():
@@ -238,9 +248,12 @@ class CommandCheck:
             finally:
                 with self._lock:
                     self._running.discard(proc)
+                    cancelled = proc in self._cancelled
+                    self._cancelled.discard(proc)
         duration = time.monotonic() - start
-        if self._terminated.is_set():
-            raise SessionAborted(f"the check was terminated (iteration {artifact.iteration})")
+        if self._terminated.is_set() or cancelled:
+            what = "terminated" if self._terminated.is_set() else "cancelled"
+            raise SessionAborted(f"the check was {what} (iteration {artifact.iteration})")
         full_needed = self.rules.fail_regexes is not None and not timed_out and code >= 0
         output = _read_output(log_path, None if full_needed else self.output_tail_chars)
         tail = _tail(output, self.output_tail_chars)
@@ -345,7 +358,7 @@ class CommandCheck:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if self._terminated.is_set():
+            if self._terminated.is_set() or proc in self._cancelled:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
