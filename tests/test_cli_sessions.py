@@ -9,59 +9,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
-import onnx
 import pytest
 
-from fixtures.models import make_chain
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-SCRIPTS = ROOT / "tests" / "scripts"
-EXIT_STOPPED = 3
 REPORT_KEYS = {"strategy", "checks", "verdicts", "elapsed_s", "result", "iterations"}
-
-
-def bisector(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bisector", *args], cwd=cwd, env=ENV, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def faulty(fault: str = "scale:relu4") -> list[str]:
-    return [sys.executable, "-m", "fixtures.faulty_check", "polygraphy_debug.onnx", "--fault", fault,
-            "--load-inputs", "inputs.json"]
 
 
 def journal(session: Path) -> list[dict]:
     return [json.loads(ln) for ln in (session / "journal.jsonl").read_text().splitlines() if ln.strip()]
-
-
-def report(session: Path) -> dict:
-    return json.loads((session / "result" / "report.json").read_text())
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [ln for ln in stderr.splitlines() if ln.startswith("bisector: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
-
-
-@pytest.fixture
-def chain_model(tmp_path) -> Path:
-    path = tmp_path / "m.onnx"
-    onnx.save(make_chain(), str(path))
-    return path
-
-
-def executable(path: Path, body: str) -> Path:
-    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-    return path
 
 
 # ------------------------------------------------------------------------------------- a missing check

@@ -20,21 +20,9 @@ import onnx
 import pytest
 
 from fixtures.models import make_chain, make_diamond
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, faulty, one_error_line, report
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-SLOW_FAULTY = str(ROOT / "tests" / "scripts" / "slow_faulty.py")
-EXIT_STOPPED = 3
-
-
-def bisector(*args: str, cwd: Path, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bisector", *args], cwd=cwd, env=ENV, input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def faulty(fault: str) -> list[str]:
-    return [sys.executable, "-m", "fixtures.faulty_check", "polygraphy_debug.onnx", "--fault", fault,
-            "--load-inputs", "inputs.json"]
+SLOW_FAULTY = str(SCRIPTS / "slow_faulty.py")
 
 
 def journal(session: Path) -> list[dict]:
@@ -48,25 +36,6 @@ def journal(session: Path) -> list[dict]:
     return out
 
 
-def report(session: Path) -> dict:
-    return json.loads((session / "result" / "report.json").read_text())
-
-
-def one_error_line(stderr: str) -> str:
-    """The error of a failed run: exactly one 'bisector: error:' line, and no traceback."""
-    assert "Traceback" not in stderr, stderr
-    errors = [ln for ln in stderr.splitlines() if ln.startswith("bisector: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
-
-
-@pytest.fixture
-def chain_model(tmp_path) -> Path:
-    path = tmp_path / "m.onnx"
-    onnx.save(make_chain(), str(path))
-    return path
-
-
 def reduce_chain(tmp_path: Path, session: str = "s", *extra: str) -> subprocess.CompletedProcess:
     return bisector("reduce", "m.onnx", "-o", "red.onnx", "--session", session, "-q", *extra,
                     "--check", *faulty("scale:relu4"), cwd=tmp_path)
@@ -74,8 +43,8 @@ def reduce_chain(tmp_path: Path, session: str = "s", *extra: str) -> subprocess.
 
 # ------------------------------------------------------------------------------------- kill -9
 def _kill_orphans(piddir: Path, under: Path) -> None:
-    """Checks outlive a bisector killed with -9 (they run in their own process group): end those
-    we started, found by the pid files slow_faulty.py leaves, if they still run in our directory."""
+    """Checks die with a bisector killed with -9 (test_hardening.py tests it); should one not, end
+    those we started, found by the pid files slow_faulty.py leaves, if they still run here."""
     for f in piddir.glob("*") if piddir.exists() else []:
         pid = int(f.name)
         try:
