@@ -8,8 +8,10 @@ it a Target without a precision). fp16/bf16 use ``bisector.model.precision.rewri
 deployable mixed model, for TensorRT strongly typed builds and GPU providers). int8 uses the QDQ
 models of ``precision_int8`` (onnxruntime's ``quantize_static``, the keep-set excluded).
 
-**Order.** ``--order sensitivity`` (the default for ``auto``) searches the nodes most sensitive
-first, by each node's own error (``precision_sensitivity``); ``--order topo`` in graph order.
+**Order.** ``--order sensitivity`` (the default for ``auto``) searches the nodes that stand out by
+their own error first, then the others by error band, topological within a band
+(``precision_sensitivity.sensitivity_order``; with nothing above the noise floor, that is graph
+order); ``--order topo`` in graph order.
 
 **TensorRT <= 10.11** (``constraints="obey"|"prefer"``, ``--precision-constraints``): each candidate
 is instead a weakly typed engine with the keep-set's layers constrained to fp32
@@ -203,7 +205,7 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
                              opts.precision)
     likely = 0
     if opts.search_order == "sensitivity" and errors:
-        items, likely = sensitivity_order(items, errors, names)
+        items, likely = sensitivity_order(items, errors, names, opts.precision)
     elif opts.search_order not in ORDERS:
         raise UserError(f"--order {opts.order!r}: choose sensitivity or topo")
     strategy = PrecisionStrategy(items, mode=opts.mode, direction=opts.direction, names=names, likely=likely,
