@@ -82,6 +82,21 @@ def _open_session() -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def check_writable(path: Optional[Path]) -> None:
+    """Refuse an output path that cannot be written before the search, not after it."""
+    if path is None:
+        return
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {parent} is not writable")
+    if Path(path).is_dir():
+        raise UserError(f"cannot write {path}: it is a directory", hint="give a file name, e.g. reduced.onnx")
+
+
 def _compare_config(c: CompareOptions):
     from bisector.comparator import CompareConfig
 
@@ -287,6 +302,8 @@ def reduce(
         raise UserError("--no-reduce-inputs and --no-reduce-outputs exclude each other")
     if cut_feed not in red.CUT_FEEDS:
         raise UserError(f"--cut-feed {cut_feed!r}: choose one of {', '.join(red.CUT_FEEDS)}")
+    for path in (output, min_good):
+        check_writable(path)
     args = _data_args(data)
     opts = red.ReduceOptions(model=model, output=output, min_good=min_good, mode=mode,
                              reduce_inputs=not no_reduce_inputs, reduce_outputs=not no_reduce_outputs,

@@ -13,6 +13,7 @@ already holds verdicts: they are answered from the cache, with zero checks.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import signal
@@ -329,12 +330,28 @@ class Engine:
         if self.artifacts:
             self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value)
         if not self.keep_intermediate:
-            for p in (artifact.path, artifact.inputs_path):
-                if p is not None and Path(p).is_file():
-                    Path(p).unlink()
+            _remove_intermediate(artifact)
         show = getattr(self.check, "should_show", None)
         self.emit("verdict", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
                   size=cand.size, verdict=result.verdict.value, duration_s=round(result.duration_s, 3),
                   speculative=speculative, note=result.note, exit_code=result.exit_code,
                   output=result.output if (show and show(result)) else "", workdir=str(artifact.workdir),
                   **self._progress())
+
+
+def _remove_intermediate(artifact: Artifact) -> None:
+    """Remove what bisector put in an iteration directory: the artifact, its inputs and the links
+    to the session's weights. The check's log and whatever the check wrote stay."""
+    for p in (artifact.path, artifact.inputs_path):
+        if p is not None and Path(p).is_file():
+            Path(p).unlink()
+    weights = Path(artifact.weights_dir) if artifact.weights_dir else None
+    if weights is None or not weights.is_dir() or not Path(artifact.workdir).is_dir():
+        return
+    for src in weights.iterdir():
+        dst = Path(artifact.workdir) / src.name
+        try:
+            if dst.is_file() and os.path.samefile(src, dst):
+                dst.unlink()
+        except OSError:
+            pass

@@ -45,6 +45,15 @@ def test_a_file_where_a_directory_should_be_is_one_line_and_exit_2(tmp_path, cha
     assert "bisector resume s" in proc.stderr
 
 
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_search(tmp_path, chain_model):
+    (tmp_path / "file.txt").write_text("not a directory\n")
+    proc = bisector("reduce", "m.onnx", "-o", "file.txt/red.onnx", "--session", "s", "-q", "--check", *faulty(),
+                    cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "file.txt is not a directory" in one_error_line(proc.stderr)
+    assert not (tmp_path / "s" / "journal.jsonl").exists()  # no check ran
+
+
 @pytest.fixture
 def few_inodes(tmp_path):
     """A tmpfs that holds at most 200 files and directories (root and CAP_SYS_ADMIN, else skipped)."""

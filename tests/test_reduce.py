@@ -116,6 +116,9 @@ def test_external_data_model_reduces_without_copying_weights(tmp_path):
     weights = max((p.stat().st_size for p in (tmp_path / "session" / "weights").iterdir()), default=0)
     assert weights >= data.stat().st_size  # the weights exist once, in the session
     assert sum(p.stat().st_size for p in (tmp_path / "session" / "iterations").rglob("*.onnx")) < weights / 10
+    # once checked, an iteration keeps the check's log, not the artifact or the link to the weights
+    left = {p.name for p in (tmp_path / "session" / "iterations").rglob("*") if p.is_file()}
+    assert left == {"check.log"}
 
 
 def test_a_pair_fault_gives_a_one_minimal_proven_answer(tmp_path):

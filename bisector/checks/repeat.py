@@ -96,6 +96,11 @@ class RepeatCheck:
         if inner_terminate is not None:
             inner_terminate()
 
+    def cancel(self) -> None:
+        inner_cancel = getattr(self.inner, "cancel", None)
+        if inner_cancel is not None:
+            inner_cancel()
+
     def should_show(self, result: CheckResult) -> bool:
         """The inner check's rule if it has one, else: show output for non-good verdicts."""
         inner_should_show = getattr(self.inner, "should_show", None)

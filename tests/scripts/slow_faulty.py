@@ -2,8 +2,8 @@
 
     slow_faulty.py PIDDIR SECONDS FAULTY_CHECK_ARGS...
 
-Writes its pid to PIDDIR/<pid> (a check outlives a bisector killed with -9: it runs in its own
-process group), sleeps SECONDS, then execs faulty_check with the remaining arguments. SECONDS may
+Writes its pid to PIDDIR/<pid> (so a test can find it and make sure it is gone after bisector is
+killed with -9), sleeps SECONDS, then execs faulty_check with the remaining arguments. SECONDS may
 name a file holding the number, so a test can change it between runs of one session.
 """
 
