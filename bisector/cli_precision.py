@@ -175,8 +175,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     md += ["", f"- mixed-precision model (deploy; TensorRT 11 strongly typed): `{written['mixed']}`",
            f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}` "
            f"(`bisector compare MODEL --precision {opts.precision} --keep-fp32 @{written['keep_fp32']}`)",
-           f"- TensorRT <= 10: `{written['layer_precisions']}`; "
-           f"`trtexec --onnx=MODEL {' '.join(written['trtexec_flags'])}`", "",
+           f"- TensorRT <= 10: `{written['layer_precisions']}`; {_trtexec_md(written)}", "",
            "## Checks per phase", "", "| phase | checks | verdicts (good/bad/skip) |", "|---|---|---|"]
     md += [f"| {p} | {n} | {v} |" for p, n, v in phase_rows(session)]
     if st.errors:
@@ -202,6 +201,14 @@ def phase_rows(session) -> list[tuple[str, int, str]]:
         r[0] += e.source == "check"
         r[1 + ("good", "bad", "skip").index(e.verdict.value)] += 1
     return [(p, r[0], f"{r[1]}/{r[2]}/{r[3]}") for p, r in rows.items()]
+
+
+def _trtexec_md(written: dict) -> str:
+    from bisector.commands.precision_trt import trtexec_command
+
+    if written.get("trtexec_flags") is None:
+        return f"trtexec cannot express it ({written.get('trtexec_error')})"
+    return f"`{trtexec_command(written['trtexec_flags'], 'MODEL')}`"
 
 
 def _err(value) -> str:

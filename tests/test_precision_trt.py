@@ -9,19 +9,24 @@ that test skips here with the reason.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
+import onnx
 import pytest
 
 from bisector import cli
 from bisector.backends import tensorrt as trt_backend
 from bisector.backends.tensorrt import NetworkLayer, require_weak_typing
+from bisector.backends.trt_parse import parse_layer_precisions_arg
 from bisector.commands.precision_trt import (
     ENGINE_ARTIFACT,
     LayerConstraint,
     check_weak_typing,
     layer_nodes,
     precision_plan,
+    trtexec_command,
     trtexec_flags,
 )
 from bisector.errors import MissingDependency, UserError
@@ -148,13 +153,48 @@ def test_trtexec_flags_name_the_kept_layers():
         "--layerOutputTypes=matmul6:fp32,rescale6:fp32"]
 
 
+def test_trtexec_flags_quote_names_with_colons_and_survive_a_shell():
+    names = ["matmul6", "/enc/MatMul:0", 'say "hi"', "a b", "x=1", "back\\slash:1"]
+    flags = trtexec_flags("fp16", names)
+    assert "'/enc/MatMul:0':fp32" in flags[2]  # both of trtexec's readings give the quoted name
+    assert shlex.split(trtexec_command(flags)) == ["trtexec", "--onnx=MODEL.onnx", *flags]
+    for flag in flags[2:]:
+        assert parse_layer_precisions_arg(flag) == dict.fromkeys(names, "fp32")
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's", "*", ""])
+def test_trtexec_flags_name_the_layer_trtexec_cannot_express(name):
+    with pytest.raises(ValueError, match=re.escape(repr(name))):
+        trtexec_flags("fp16", ["matmul6", name])
+
+
+def test_an_inexpressible_kept_layer_leaves_the_answer_and_says_why(tmp_path):
+    model = onnx.load(str(fixture_path("fp16_overflow_1")))
+    for n in model.graph.node:
+        n.name = {"matmul6": "matmul,6", "rescale6": "rescale:6"}.get(n.name, n.name)
+    path = tmp_path / "renamed.onnx"
+    onnx.save(model, str(path))
+    code = _precision(tmp_path, "--precision", "fp16", "--compare", "--atol", "1e-2", "--rtol", "1e-2",
+                      model=path)
+    assert code == 0
+    result = tmp_path / "session" / "result"
+    assert json.loads((result / "layer_precisions.json").read_text()) == {"matmul,6": "float32",
+                                                                          "rescale:6": "float32"}
+    text = (result / "layer_precisions.txt").read_text()
+    assert "trtexec: not possible here" in text and "'matmul,6'" in text and "layer.precision" in text
+    report = json.loads((result / "report.json").read_text())
+    assert report["result"]["trtexec_flags"] is None and "'matmul,6'" in report["result"]["trtexec_error"]
+    assert "trtexec cannot express it" in (result / "report.md").read_text()
+
+
 # ---------------------------------------------------------------- the CLI
-def _precision(tmp_path: Path, *extra: str) -> int:
+def _precision(tmp_path: Path, *extra: str, model: Path | None = None) -> int:
     if not any(c.name == "precision" for c in cli.app.registered_commands):
         from bisector.cli_precision import precision
 
         cli.app.command(name="precision")(precision)
-    argv = ["precision", str(fixture_path("fp16_overflow_1")), "--session", str(tmp_path / "session"), "-q", *extra]
+    model = model or fixture_path("fp16_overflow_1")
+    argv = ["precision", str(model), "--session", str(tmp_path / "session"), "-q", *extra]
     return cli.main(argv, exit=False)
 
 

@@ -255,8 +255,13 @@ def write_result(result: dict, st: Setup, opts: PrecisionOptions, result_dir: Pa
         out["checked"] = out["mixed"]
     shutil.rmtree(tmp, ignore_errors=True)
     out["layer_precisions"] = str(_write(result_dir / "layer_precisions.json", layers))
-    out["trtexec_flags"] = trtexec_flags(opts.precision, list(layers))
-    (result_dir / "layer_precisions.txt").write_text(layer_text(opts.precision, out["trtexec_flags"]))
+    try:
+        out["trtexec_flags"] = trtexec_flags(opts.precision, list(layers))
+    except ValueError as exc:  # a kept layer's name trtexec cannot express: the Python API can
+        log.warning("%s", exc)
+        out["trtexec_flags"], out["trtexec_error"] = None, str(exc)
+    (result_dir / "layer_precisions.txt").write_text(
+        layer_text(opts.precision, out["trtexec_flags"], out.get("trtexec_error")))
     return out
 
 

@@ -26,13 +26,14 @@ starts) raises a one-line UserError naming the reason.
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bisector.backends.tensorrt import NetworkLayer
-from bisector.backends.trt_parse import RE_ONNX_LAYER
+from bisector.backends.trt_parse import RE_ONNX_LAYER, layer_precisions_arg
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.prepare import Prepared
@@ -169,22 +170,45 @@ class WeakEngineBuilder:
 
 
 def trtexec_flags(precision: str, layers: list[str]) -> list[str]:
-    """TensorRT <= 10.11 weakly typed builds: obey per-layer precisions (layer = ONNX node name)."""
+    """TensorRT <= 10.11 weakly typed builds: obey per-layer precisions (layer = ONNX node name).
+
+    argv elements, written through ``trt_parse.layer_precisions_arg``: a name holding ``:`` is
+    quoted for trtexec; ValueError names a layer trtexec cannot express (``,``, ``'``, empty, or
+    ``*``, which trtexec reads as every layer).
+
+    >>> trtexec_flags("fp16", ["mm", "/head/MatMul:0"])[2]
+    "--layerPrecisions=mm:fp32,'/head/MatMul:0':fp32"
+    """
     if not layers:
         return [TRT_FLAG[precision]]
-    spec = ",".join(f"{n}:fp32" for n in layers)
-    return [TRT_FLAG[precision], "--precisionConstraints=obey", f"--layerPrecisions={spec}",
-            f"--layerOutputTypes={spec}"]
+    if "*" in layers:
+        raise ValueError("trtexec cannot name layer '*': it reads '*' as every layer; set its precision "
+                         "through the TensorRT Python API instead")
+    fp32 = {n: "fp32" for n in layers}
+    return [TRT_FLAG[precision], "--precisionConstraints=obey", layer_precisions_arg(fp32),
+            layer_precisions_arg(fp32, flag="--layerOutputTypes")]
 
 
-def layer_text(precision: str, flags: list[str]) -> str:
-    """``layer_precisions.txt``: how to apply the answer on TensorRT <= 10.11."""
-    return f"""Keep these layers in fp32 on TensorRT <= 10.11 (weakly typed builds; layer.precision was removed in 11):
+def trtexec_command(flags: list[str], model: str = "MODEL.onnx") -> str:
+    """The trtexec command line, each argument quoted for a POSIX shell where it needs it."""
+    return shlex.join(["trtexec", f"--onnx={model}", *flags])
 
-    trtexec --onnx=MODEL.onnx {' '.join(flags)}
+
+def layer_text(precision: str, flags: list[str] | None, error: str | None = None) -> str:
+    """``layer_precisions.txt``: how to apply the answer on TensorRT <= 10.11 (``flags`` None: trtexec
+    cannot express a kept layer's name, and ``error`` says which)."""
+    if flags is None:
+        trtexec = f"trtexec: not possible here. {error}.\n"
+    else:
+        trtexec = f"""    {trtexec_command(flags)}
 
 The ONNX parser names a layer after its ONNX node (a node that becomes several layers gives them
-suffixed names: check with --dumpLayerInfo). In Python: for each layer whose name is in
-layer_precisions.json, set layer.precision = trt.float32 and layer.set_output_type(i, trt.float32),
-with BuilderFlag.OBEY_PRECISION_CONSTRAINTS. TensorRT 11 (strongly typed): build mixed.onnx as it is.
+suffixed names: check with --dumpLayerInfo).
+"""
+    return f"""Keep these layers in fp32 on TensorRT <= 10.11 (weakly typed builds; layer.precision was removed in 11):
+
+{trtexec}
+In Python: for each layer whose name is in layer_precisions.json, set layer.precision = trt.float32
+and layer.set_output_type(i, trt.float32), with BuilderFlag.OBEY_PRECISION_CONSTRAINTS.
+TensorRT 11 (strongly typed): build mixed.onnx as it is.
 """

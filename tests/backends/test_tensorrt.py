@@ -235,8 +235,12 @@ def test_layer_precisions_arg_matches_trtexec_help():
 
 def test_layer_precisions_arg_round_trip_names_with_colons():
     mapping = {"/enc/MatMul:0": "fp32", "x": "fp16"}
-    assert parse_layer_precisions_arg(layer_precisions_arg(mapping)) == mapping  # split on the last ':'
-    assert parse_layer_precisions_arg("'Input:0':fp32") == {"Input:0": "fp32"}  # quotes are stripped
+    assert layer_precisions_arg(mapping) == "--layerPrecisions='/enc/MatMul:0':fp32,x:fp16"
+    assert parse_layer_precisions_arg(layer_precisions_arg(mapping)) == mapping
+    assert parse_layer_precisions_arg("'Input:0':fp32") == {"Input:0": "fp32"}  # 10.x: the quoted name
+    assert parse_layer_precisions_arg("Input:0:fp32") == {"Input:0": "fp32"}  # else: before the last ':'
+    with pytest.raises(ValueError, match="two single quotes"):
+        parse_layer_precisions_arg("'a'b':fp32")
 
 
 @pytest.mark.parametrize("mapping, flag", [
@@ -245,8 +249,10 @@ def test_layer_precisions_arg_round_trip_names_with_colons():
     ({"a": "fp32"}, "--layerDeviceTypes"),
 ])
 def test_layer_precisions_arg_rejects(mapping, flag):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         layer_precisions_arg(mapping, flag=flag)
+    name = next(iter(mapping))
+    assert repr(name) in str(info.value) or flag in str(info.value)  # says which name (or flag)
 
 
 # ---------------------------------------------------------------- lazy import and version gates
