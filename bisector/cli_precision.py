@@ -99,8 +99,9 @@ def precision(
                           f"in {opts.precision}); candidates realized as {how}", highlight=False)
         flagged = [st.materializer.names[i] for i in st.strategy.items[:st.strategy.likely]]
         if opts.search_order == "sensitivity":
-            cli.console.print(f"order: most sensitive first; {len(flagged)} node(s) stand out"
-                              + (f": {', '.join(flagged[:6])}{' ...' if len(flagged) > 6 else ''}" if flagged else ""),
+            cli.console.print(f"order: {len(flagged)} node(s) stand out"
+                              + (f" and come first: {', '.join(flagged[:6])}{' ...' if len(flagged) > 6 else ''}"
+                                 if flagged else "") + "; the rest by error band, topological within a band",
                               highlight=False)
         return st.strategy, st.materializer
 
@@ -124,43 +125,18 @@ def precision(
 
 
 # ---------------------------------------------------------------------------------------- report
-def reproduce_command(check_argv, written, cmp, iter_artifact: str, engine: bool = False) -> list[str]:
-    """The check on the answer as the search checked it (``checked.onnx``, or ``checked.engine``), or
-    a comparison against the fp32 outputs of the search (``reference_outputs.json``)."""
-    checked, inputs = written["checked"], written["inputs"]
-    if check_argv:
-        out = []
-        for a in check_argv:
-            if a == iter_artifact:
-                a = checked
-            elif a == "inputs.json":
-                a = inputs
-            out.append(a.replace("{artifact}", checked).replace("{inputs}", inputs))
-        return out
-    if engine:
-        return ["polygraphy", "run", checked, "--model-type", "engine", "--trt", "--load-inputs", inputs,
-                "--load-outputs", written["reference_outputs"]]
-    cmd = ["bisector", "compare", checked, "--load-inputs", inputs, "--load-outputs", written["reference_outputs"]]
-    if cmp.provider != "cpu":
-        cmd += ["--provider", cmp.provider]
-    for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
-        if vals:
-            cmd += [flag, *vals]
-    if cmp.validate:
-        cmd.append("--validate")
-    return cmd
-
-
 def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
     from bisector.artifacts.report import write_reports
     from bisector.commands.precision_sensitivity import error_table
+    from bisector.commands.reduce_report import reproduce_command
     from bisector.data import save_outputs
     from bisector.tables import NodeTable
 
     res = outcome.result
     written["reference_outputs"] = str(save_outputs({REFERENCE_RUNNER: st.materializer.reference},
                                                     session.result_dir / "reference_outputs.json"))
-    repro = reproduce_command(check_argv, written, cmp, opts.iter_artifact, engine=opts.constraints is not None)
+    repro = reproduce_command(check_argv, opts.iter_artifact, written["checked"], written["inputs"], cmp,
+                              reference=written["reference_outputs"], engine=opts.constraints is not None)
     keep = written["kept_nodes"]
     table = NodeTable(f"keep in fp32: {len(keep)} of {res['lowerable']} nodes",
                       ("node", "op type", "own error", "tensor"), code=(0, 3))

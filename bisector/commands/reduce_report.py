@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 from bisector.artifacts.report import write_reports
 from bisector.tables import NodeTable
@@ -27,38 +26,51 @@ def phase_table(session, original: int) -> list[dict]:
     return rows
 
 
-def reproduce_command(check_argv, opts, written, cmp) -> list[str] | None:
-    result = Path(written["reduced"])
-    inputs = Path(written["reduced_inputs"])
+def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, reference=None,
+                      engine: bool = False) -> list[str] | None:
+    """The command that checks ``artifact`` (an answer file) again, as the search checked candidates.
+
+    - A ``--check`` command: ``check_argv`` with the iteration's artifact (``iter_artifact``, or
+      ``{artifact}``) and ``inputs.json`` (or ``{inputs}``) replaced by ``artifact`` and ``inputs``.
+    - Otherwise ``bisector compare ARTIFACT --load-inputs INPUTS`` with the comparison's flags: against
+      the ``reference`` outputs file when given (``artifact`` is then already what the check ran, so
+      no ``--precision``), else against the target ``cmp`` describes; or, for an ``engine``,
+      ``polygraphy run ... --trt`` against ``reference``.
+    - None when there is neither a command nor a comparison to repeat (a person answered).
+
+    Used by ``reduce`` (the reduced model) and ``precision`` (the answer as checked).
+    """
+    artifact, inputs = str(artifact), str(inputs)
     if check_argv:
-        out = []
-        for a in check_argv:
-            a = a.replace("{artifact}", str(result)).replace("{inputs}", str(inputs))
-            if a == opts.iter_artifact:
-                a = str(result)
-            elif a == "inputs.json":
-                a = str(inputs)
-            out.append(a)
-        return out
-    if cmp.compare:
-        cmd = ["bisector", "compare", str(result), "--load-inputs", str(inputs)]
-        if cmp.precision:
-            cmd += ["--precision", cmp.precision]
-        if cmp.provider != "cpu":
-            cmd += ["--provider", cmp.provider]
-        for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
-            if vals:
-                cmd += [flag, *vals]
-        if cmp.validate:
-            cmd.append("--validate")
-        return cmd
-    return None
+        return [artifact if a == iter_artifact else inputs if a == "inputs.json"
+                else a.replace("{artifact}", artifact).replace("{inputs}", inputs) for a in check_argv]
+    if engine and reference is not None:
+        return ["polygraphy", "run", artifact, "--model-type", "engine", "--trt", "--load-inputs", inputs,
+                "--load-outputs", str(reference)]
+    if reference is None and not cmp.compare:
+        return None
+    cmd = ["bisector", "compare", artifact, "--load-inputs", inputs]
+    if reference is not None:
+        cmd += ["--load-outputs", str(reference)]
+    else:
+        cmd += ["--precision", cmp.precision] if cmp.precision else []
+        cmd += ["--reference", cmp.reference] if cmp.reference != "onnxrt" else []
+    if cmp.provider != "cpu":
+        cmd += ["--provider", cmp.provider]
+    for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
+        if vals:
+            cmd += [flag, *vals]
+    if cmp.error_quantile is not None:
+        cmd += ["--error-quantile", str(cmp.error_quantile)]
+    if cmp.validate:
+        cmd.append("--validate")
+    return cmd
 
 
 def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> None:
     res = outcome.result
     phases = phase_table(session, res["original_nodes"])
-    repro = reproduce_command(check_argv, opts, written, cmp)
+    repro = reproduce_command(check_argv, opts.iter_artifact, written["reduced"], written["reduced_inputs"], cmp)
     culprits = written["culprits"]
     table = NodeTable(f"culprit: {len(culprits)} of {res['original_nodes']} nodes",
                       ("node", "op type", "inputs", "outputs"))
