@@ -34,6 +34,10 @@ EMBED_WEIGHTS_BELOW_BYTES = 64 << 20
 MIN_IR_VERSION = 7
 # Attribute that records where a loaded model came from (not part of ONNX).
 _ORIGIN = "_bisector_base_dir"
+# Bits per element of the types onnx packs below a byte (the rest take their numpy item size).
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in (
+    ("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2), ("FLOAT6E2M3", 6),
+    ("FLOAT6E3M2", 6)) if hasattr(onnx.TensorProto, name)}
 
 
 def load(path: str | os.PathLike, *, check_external: bool = True) -> onnx.ModelProto:
@@ -202,21 +206,49 @@ def save_standalone(model: onnx.ModelProto, path: str | os.PathLike, weights_fro
     return p
 
 
+def raw_length(tensor: onnx.TensorProto) -> int:
+    """Bytes of ``tensor``'s raw data by onnx's rule (``onnx.helper.make_tensor``): ceil(elements x
+    bits per element / 8), where 4-, 2- and 6-bit types are packed and every other type takes its
+    numpy item size. ValueError for a type without a fixed size (STRING, UNDEFINED).
+
+    >>> t = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT16, [3, 5], [0.0] * 15)
+    >>> raw_length(t), raw_length(onnx.helper.make_tensor("q", onnx.TensorProto.INT4, [3], [1, 2, 3]))
+    (30, 2)
+    """
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    bits = _PACKED_BITS.get(tensor.data_type)
+    if bits is None:
+        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            raise ValueError(f"tensor {tensor.name!r} of type "
+                             f"{onnx.TensorProto.DataType.Name(tensor.data_type)} has no fixed size")
+        bits = 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return -(-count * bits // 8)
+
+
 def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
-    """The bytes of one external tensor. Our own reader: onnx's refuses hard-linked weight files,
-    which is how every candidate shares the session's weights."""
+    """The bytes of one external tensor: ``length`` bytes from ``offset`` in ``location``; without a
+    ``length`` entry, as many as its dims and data type take (``raw_length``), never the rest of the
+    file, which may hold other tensors. A missing, unreadable or short file is a UserError. Our own
+    reader: onnx's refuses hard-linked weight files, which is how every candidate shares the
+    session's weights."""
     info = {e.key: e.value for e in tensor.external_data}
     path = Path(base_dir) / info["location"]
     offset = int(info.get("offset", 0) or 0)
     try:
+        length = int(info["length"]) if info.get("length") else raw_length(tensor)
+    except ValueError as exc:
+        raise UserError(f"cannot read weights of {tensor.name!r} from {path}: no length given, and {exc}") from None
+    try:
         with open(path, "rb") as f:
             f.seek(offset)
-            if "length" in info and info["length"]:
-                data = f.read(int(info["length"]))
-            else:
-                data = f.read()
+            data = f.read(length)
     except OSError as exc:
         raise UserError(f"cannot read weights of {tensor.name!r} from {path}: {exc.strerror or exc}") from None
+    if len(data) < length:
+        raise UserError(f"weight file {path} is truncated at {tensor.name!r}: {len(data)} of {length} bytes "
+                        f"from offset {offset}")
     return data
 
 

@@ -433,3 +433,48 @@ def test_external_weights_missing_or_truncated_are_user_errors(tmp_path):
     (tmp_path / "m.bin").unlink()
     with pytest.raises(UserError, match="cannot read weights of"):
         rewrite(m, realize="true", weights_dir=tmp_path)
+
+
+def _external(tmp_path, tensors, drop_length=True):
+    """``tensors`` written one after another into ``w.bin`` with onnx's own writer; then, as a model
+    written by another tool may have it, their ``length`` entries removed."""
+    model = make_model([helper.make_node("Identity", ["x"], ["y"])], [("x", F32, [1])], [("y", F32, [1])],
+                       inits=tensors)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    m = io.load(tmp_path / "m.onnx")
+    if drop_length:
+        for t in m.graph.initializer:
+            kept = [(e.key, e.value) for e in t.external_data if e.key != "length"]
+            del t.external_data[:]
+            for k, v in kept:
+                t.external_data.add(key=k, value=v)
+    return m
+
+
+def test_read_external_without_length_reads_dims_times_type_size(tmp_path):
+    a = np.arange(15, dtype=np.float16).reshape(3, 5)
+    b = np.array([1.5, -2.0, 3.25, 7.0], np.float32)
+    q = helper.make_tensor("q", TensorProto.INT4, [3], bytes([0xE1, 0x03]), raw=True)  # 1, -2, 3 packed: 2 bytes
+    m = _external(tmp_path, [numpy_helper.from_array(a, "a"), q, numpy_helper.from_array(b, "b")])
+    assert all("length" not in {e.key for e in t.external_data} for t in m.graph.initializer)
+    by_name = {t.name: t for t in m.graph.initializer}
+    assert io.read_external(by_name["a"], tmp_path) == a.tobytes()  # not the rest of the file
+    assert len(io.read_external(by_name["q"], tmp_path)) == 2
+    assert io.read_external(by_name["b"], tmp_path) == b.tobytes()
+    io.load_weights(m, tmp_path)
+    by_name = {t.name: t for t in m.graph.initializer}
+    np.testing.assert_array_equal(numpy_helper.to_array(by_name["a"]), a)
+    np.testing.assert_array_equal(numpy_helper.to_array(by_name["q"]), [1, -2, 3])
+    np.testing.assert_array_equal(numpy_helper.to_array(by_name["b"]), b)
+
+
+def test_read_external_short_file_or_unsized_type_is_a_user_error(tmp_path):
+    m = _external(tmp_path, [init("w", np.ones((4, 4)))])
+    (tmp_path / "w.bin").write_bytes((tmp_path / "w.bin").read_bytes()[:40])
+    with pytest.raises(UserError, match=r"is truncated at 'w': 40 of 64 bytes"):
+        io.read_external(m.graph.initializer[0], tmp_path)
+    t = m.graph.initializer[0]
+    t.data_type = TensorProto.STRING
+    with pytest.raises(UserError, match="no length given"):
+        io.read_external(t, tmp_path)
