@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,24 @@ def unsupported_nodes(trt, onnx_path: Path, logger) -> list[int]:
         return []
 
 
+def check_precision_request(version: str, *, strongly_typed: bool, weak: bool) -> None:
+    """UserError when a build asks TensorRT ``version`` (``tensorrt.__version__``) for a precision it
+    cannot take: ``weak`` (fp16/bf16 flags or layer precisions) on 11.x, which is always strongly
+    typed, or together with ``strongly_typed``. A warning from 10.12, which deprecates weak typing.
+    Pure: ``build_engine`` calls it before it builds anything."""
+    if not weak:
+        return
+    if _version_tuple(version)[0] >= 11:
+        raise UserError(f"TensorRT {version} is always strongly typed (no fp16/bf16 flags, no layer "
+                        "precisions): the precision must be written into the ONNX graph",
+                        hint="convert the model to fp16/bf16 with Casts around the fp32 keep-set")
+    if strongly_typed:
+        raise UserError("fp16/bf16/layer precisions need a weakly typed build",
+                        hint="pass strongly_typed=False (TensorRT <= 10.11) or put the precision in the ONNX graph")
+    if _version_tuple(version)[:2] > LAST_WEAK_TYPING:
+        log.warning("TensorRT %s deprecates weak typing (layer precisions, FP16/BF16 flags); 11.x removes it", version)
+
+
 def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, fp16: bool = False,
                  bf16: bool = False, tf32: bool = True, layer_precisions: Mapping[str, str] | None = None,
                  timing_cache: bytes | None = None, editable_timing_cache: bool = False,
@@ -204,18 +222,8 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
     if precision_constraints not in PRECISION_CONSTRAINTS:
         raise UserError(f"precision constraints {precision_constraints!r}: choose obey or prefer")
     trt = import_trt()
-    version = _version_tuple(trt.__version__)
-    weak = fp16 or bf16 or bool(layer_precisions)
-    if weak and version[0] >= 11:
-        raise UserError(f"TensorRT {trt.__version__} is always strongly typed (no fp16/bf16 flags, no layer "
-                        "precisions): the precision must be written into the ONNX graph",
-                        hint="convert the model to fp16/bf16 with Casts around the fp32 keep-set")
-    if weak and strongly_typed:
-        raise UserError("fp16/bf16/layer precisions need a weakly typed build",
-                        hint="pass strongly_typed=False (TensorRT <= 10.11) or put the precision in the ONNX graph")
-    if weak and version[:2] > LAST_WEAK_TYPING:
-        log.warning("TensorRT %s deprecates weak typing (layer precisions, FP16/BF16 flags); "
-                    "11.x removes it", trt.__version__)
+    check_precision_request(trt.__version__, strongly_typed=strongly_typed,
+                            weak=fp16 or bf16 or bool(layer_precisions))
     if timing_cache and builder_optimization_level == 0:
         log.warning("builder optimization level 0 ignores the timing cache")
 
@@ -356,31 +364,64 @@ def cache_entries(cache) -> dict[str, tuple[int, float]]:
     """``{key text: (tactic hash, ms)}`` for every valid entry (``queryKeys``/``query``; entries whose
     ``tacticHash`` is 2**64-1 are invalid and skipped). Keys are strings: TimingCacheKey has no hash."""
     cache = _itiming_cache(cache)
-    out = {}
+    rows = []
     for key in cache.queryKeys():
         value = cache.query(key)
-        if value.tacticHash == INVALID_TACTIC_HASH:
-            continue
-        out[str(key).lower()] = (int(value.tacticHash), float(value.timingMSec))
-    return out
+        rows.append((str(key), value.tacticHash, value.timingMSec))
+    return valid_entries(rows)
+
+
+def valid_entries(rows: Iterable[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
+    """``{key text, lower case: (tactic hash, ms)}`` from ``(key text, tacticHash, timingMSec)`` rows,
+    without the invalid entries (hash 2**64-1). Pure.
+
+    >>> valid_entries([("0xAB", 7, 0.5), ("0xcd", INVALID_TACTIC_HASH, 1.0)])
+    {'0xab': (7, 0.5)}
+    """
+    return {str(k).lower(): (int(h), float(ms)) for k, h, ms in rows if int(h) != INVALID_TACTIC_HASH}
+
+
+def tactic_hash_value(tactic: int | str) -> int:
+    """A tactic hash as ``TimingCacheValue`` takes it, from an int or the VERBOSE log's hex text
+    (``"0x665ded9abbf88"``); UserError outside 0 .. 2**64-2 (2**64-1 marks an invalid entry). Pure."""
+    try:
+        value = int(tactic, 16) if isinstance(tactic, str) else int(tactic)
+    except ValueError:
+        raise UserError(f"not a tactic hash: {tactic!r}", hint="expected hex text such as 0x665ded9abbf88") from None
+    if not 0 <= value < INVALID_TACTIC_HASH:
+        raise UserError(f"tactic hash {tactic!r} is out of range", hint="a 64-bit value below 2**64-1")
+    return value
+
+
+def forced_value(old_hash: int, old_ms: float, tactic: int | str) -> tuple[int, float]:
+    """``(tactic hash, ms)`` to write when forcing ``tactic`` over the entry ``(old_hash, old_ms)``: the
+    entry's timing is kept when it is valid, else ``FORCED_TIMING_MS`` (as sampleEditableTimingCache
+    does). Pure.
+
+    >>> forced_value(5, 0.25, "0x10"), forced_value(INVALID_TACTIC_HASH, -1.0, 16)
+    ((16, 0.25), (16, 1.0))
+    """
+    ms = float(old_ms)
+    if int(old_hash) == INVALID_TACTIC_HASH or not math.isfinite(ms) or ms < 0:
+        ms = FORCED_TIMING_MS
+    return tactic_hash_value(tactic), ms
 
 
 def force_tactic(cache, key: str, tactic_hash: int | str) -> bool:
     """Set one entry's tactic (keeping its timing, else 1 ms). False when TensorRT refuses (an unknown
     key or an invalid value). ``key`` is ``"0x"`` + 32 hex digits, as in the VERBOSE log. ``cache`` is an
-    ITimingCache or EditableCache (edited in place); for serialized bytes use ``force_tactics``."""
+    ITimingCache or EditableCache (edited in place); for serialized bytes use ``force_tactics``.
+    Bad arguments are refused before tensorrt is imported."""
     if isinstance(cache, (bytes, bytearray, memoryview)):
         raise TypeError("force_tactic edits a cache in place: pass an EditableCache, or use force_tactics(bytes)")
-    trt = import_trt()
-    cache = _itiming_cache(cache)
     if not is_timing_key(key):
         raise UserError(f"not a timing cache key: {key!r}", hint="expected 0x followed by 32 hex digits")
+    tactic_hash_value(tactic_hash)
+    trt = import_trt()
+    cache = _itiming_cache(cache)
     tkey = trt.TimingCacheKey.parse(key)
-    h = int(tactic_hash, 16) if isinstance(tactic_hash, str) else int(tactic_hash)
     old = cache.query(tkey)
-    ms = float(old.timingMSec)
-    if old.tacticHash == INVALID_TACTIC_HASH or not math.isfinite(ms) or ms < 0:
-        ms = FORCED_TIMING_MS
+    h, ms = forced_value(old.tacticHash, old.timingMSec, tactic_hash)
     return bool(cache.update(tkey, trt.TimingCacheValue(h, ms)))
 
 

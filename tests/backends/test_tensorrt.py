@@ -1,6 +1,7 @@
 """TensorRT backend: the text formats on recorded samples (tests/backends/data/trt/README.md says
-what each is modelled on), the lazy import, version gates on a stand-in module, and real-TensorRT
-tests that skip where tensorrt cannot be installed."""
+what each is modelled on), the lazy import, and the pure logic of the version gates and the timing
+cache. Whatever needs TensorRT's own behaviour (flags, caches, builds, runs) is a real-TensorRT test
+that skips, with the reason, where tensorrt cannot be installed."""
 
 from __future__ import annotations
 
@@ -272,78 +273,61 @@ def test_import_trt_stub_package(monkeypatch):
         trt_backend.import_trt()
 
 
-class _Value:
-    def __init__(self, tactic_hash, ms):
-        self.tacticHash, self.timingMSec = tactic_hash, ms
+KEY_A, KEY_B, KEY_C = "0x" + "a1" * 16, "0x" + "b2" * 16, "0x" + "c3" * 16
 
 
-class _Cache:
-    """Stands in for ITimingCache: only what cache_entries/force_tactic call."""
-
-    def __init__(self, entries):
-        self.entries = dict(entries)
-
-    def queryKeys(self):
-        return [_Key(k) for k in self.entries]
-
-    def query(self, key):
-        return self.entries.get(str(key), _Value(trt_backend.INVALID_TACTIC_HASH, -1.0))
-
-    def update(self, key, value):
-        if str(key) not in self.entries:
-            return False
-        self.entries[str(key)] = value
-        return True
+# ---------------------------------------------------------------- timing cache: the pure parts
+def test_valid_entries_skip_invalid_hashes_and_lower_the_keys():
+    rows = [(KEY_A.upper().replace("0X", "0x"), 0x665DED9ABBF88, 0.011), (KEY_B, trt_backend.INVALID_TACTIC_HASH, 1.0)]
+    assert trt_backend.valid_entries(rows) == {KEY_A: (0x665DED9ABBF88, 0.011)}
+    assert trt_backend.valid_entries([]) == {}
 
 
-class _Key:
-    def __init__(self, text):
-        self.text = text
-
-    def __str__(self):
-        return self.text
-
-
-def _fake_trt(version):
-    flags = types.SimpleNamespace(EDITABLE_TIMING_CACHE="editable", TF32="tf32")
-    return types.SimpleNamespace(__version__=version, Builder=None, BuilderFlag=flags,
-                                 TimingCacheKey=types.SimpleNamespace(parse=_Key), TimingCacheValue=_Value)
+def test_forced_value_keeps_a_valid_timing_else_one_millisecond():
+    assert trt_backend.forced_value(0x665DED9ABBF88, 0.011, "0x393e4ef8ad243") == (0x393E4EF8AD243, 0.011)
+    assert trt_backend.forced_value(trt_backend.INVALID_TACTIC_HASH, 0.5, 7) == (7, trt_backend.FORCED_TIMING_MS)
+    for bad_ms in (float("nan"), float("inf"), -1.0):
+        assert trt_backend.forced_value(1, bad_ms, 7) == (7, trt_backend.FORCED_TIMING_MS)
 
 
-KEY_A, KEY_B = "0x" + "a1" * 16, "0x" + "b2" * 16
+@pytest.mark.parametrize("tactic, value", [("0x665ded9abbf88", 0x665DED9ABBF88), ("0X10", 16), (16, 16), (0, 0),
+                                           (2**64 - 2, 2**64 - 2)])
+def test_tactic_hash_value(tactic, value):
+    assert trt_backend.tactic_hash_value(tactic) == value
 
 
-def test_cache_entries_and_force_tactic_on_a_stand_in(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.8.0.43"))
-    cache = _Cache({KEY_A: _Value(0x665DED9ABBF88, 0.011), KEY_B: _Value(trt_backend.INVALID_TACTIC_HASH, 1.0)})
-    assert trt_backend.cache_entries(cache) == {KEY_A: (0x665DED9ABBF88, 0.011)}  # invalid entry skipped
-    assert trt_backend.force_tactic(cache, KEY_A, "0x393e4ef8ad243")
-    assert trt_backend.cache_entries(cache)[KEY_A] == (0x393E4EF8AD243, 0.011)  # timing kept
-    assert not trt_backend.force_tactic(cache, "0x" + "c3" * 16, 1)  # unknown key: TensorRT says no
-    with pytest.raises(UserError, match="not a timing cache key"):
-        trt_backend.force_tactic(cache, "0x1234", 1)
+@pytest.mark.parametrize("tactic", ["tactic7", "", -1, 2**64 - 1, 2**64])
+def test_tactic_hash_value_refuses(tactic):
+    with pytest.raises(UserError, match="tactic hash"):
+        trt_backend.tactic_hash_value(tactic)
+
+
+def test_force_tactic_refuses_bad_arguments_before_importing_tensorrt():
     with pytest.raises(TypeError, match="force_tactics"):
         trt_backend.force_tactic(b"serialized", KEY_A, 1)  # would edit a throwaway copy
+    with pytest.raises(UserError, match="not a timing cache key"):
+        trt_backend.force_tactic(object(), "0x1234", 1)
+    with pytest.raises(UserError, match="not a tactic hash"):
+        trt_backend.force_tactic(object(), KEY_A, "fast")
 
 
-def test_flags_are_looked_up_by_name():
-    trt = _fake_trt("11.0.0")
-    assert trt_backend._flag(trt, "EDITABLE_TIMING_CACHE") == "editable"
-    with pytest.raises(UserError, match="no BuilderFlag.FP16"):
-        trt_backend._flag(trt, "FP16")
-
-
-@pytest.mark.parametrize("version, kwargs, words", [
-    ("11.0.0.1", {"fp16": True, "strongly_typed": False}, "must be written into the ONNX graph"),
-    ("11.1.0", {"layer_precisions": {"a": "fp32"}}, "always strongly typed"),
-    ("10.8.0", {"bf16": True}, "need a weakly typed build"),
-    ("10.8.0", {"layer_precisions": {"a": "fp32"}}, "need a weakly typed build"),
+# ---------------------------------------------------------------- build precision gates (pure)
+@pytest.mark.parametrize("version, strongly_typed, words", [
+    ("11.0.0.1", False, "must be written into the ONNX graph"),
+    ("11.1.0", True, "always strongly typed"),
+    ("10.8.0", True, "need a weakly typed build"),
 ])
-def test_build_engine_precision_gates(monkeypatch, version, kwargs, words):
-    """Refused before anything is built: Builder is None in the stand-in and would fail if touched."""
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(version))
+def test_precision_request_refused(version, strongly_typed, words):
     with pytest.raises(UserError, match=words):
-        trt_backend.build_engine("model.onnx", **kwargs)
+        trt_backend.check_precision_request(version, strongly_typed=strongly_typed, weak=True)
+
+
+def test_precision_request_allowed(caplog):
+    trt_backend.check_precision_request("11.0.0", strongly_typed=True, weak=False)  # graph precision: any version
+    trt_backend.check_precision_request("10.8.0.43", strongly_typed=False, weak=True)
+    assert not caplog.records
+    trt_backend.check_precision_request("10.12.0.36", strongly_typed=False, weak=True)
+    assert "deprecates weak typing" in caplog.text
 
 
 def test_trt_version_parsing():
@@ -389,6 +373,23 @@ def test_real_build_read_tactics_and_force_one(tmp_path):
     engine2, cache2 = trt_backend.build_engine(model, timing_cache=forced, editable_timing_cache=True)
     assert trt_backend.cache_entries(cache2)[rec.key][0] == int(other, 16)
     assert trt_backend.layer_tactics(engine2)
+
+
+@needs_trt
+def test_real_flags_are_looked_up_by_name():
+    trt = trt_backend.import_trt()
+    assert trt_backend._flag(trt, "EDITABLE_TIMING_CACHE") == trt.BuilderFlag.EDITABLE_TIMING_CACHE
+    with pytest.raises(UserError, match="no BuilderFlag.NO_SUCH_FLAG"):
+        trt_backend._flag(trt, "NO_SUCH_FLAG")
+
+
+@needs_trt
+def test_real_timing_cache_refuses_an_unknown_key():
+    cache = trt_backend.EditableCache()
+    assert trt_backend.cache_entries(cache) == {}
+    assert not trt_backend.force_tactic(cache, KEY_C, 1)  # not in the cache: TensorRT says no
+    with pytest.raises(UserError, match="refused tactic"):
+        trt_backend.force_tactics(cache.serialize(), {KEY_C: 1})
 
 
 @needs_trt
