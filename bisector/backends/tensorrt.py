@@ -1,5 +1,5 @@
-"""TensorRT 10.x / 11.x, imported lazily: build an engine, read each layer's tactic, force tactics
-through the editable timing cache, run an engine.
+"""TensorRT 10.x / 11.x, imported lazily: build an engine, read each layer's tactic, run an engine.
+Forcing tactics through the editable timing cache is in ``trt_cache``.
 
 Written against the documented Python API (../shared/notes/TENSORRT.md); TensorRT cannot be
 installed on the development machines, so this module is only exercised by tests that skip there.
@@ -9,9 +9,7 @@ Example::
 
     engine, cache = build_engine("model.onnx", editable_timing_cache=True, verbose_log_path="build.log")
     layers = layer_tactics(engine)                                   # [LayerInfo(name, tactic, ...)]
-    records = parse_autotune_log(Path("build.log").read_text())      # op -> timing-cache key, tactic
-    cache = force_tactics(cache, {records[0].key: records[0].tactics[1].tactic_hash})
-    engine2, _ = build_engine("model.onnx", timing_cache=cache, editable_timing_cache=True)
+    out = TensorRTRunner(engine).run([{"input": x}])                 # needs torch with CUDA
 
 TensorRT <= 10.11 only (weak typing; ``require_weak_typing`` refuses 10.12 and later)::
 
@@ -23,24 +21,21 @@ TensorRT <= 10.11 only (weak typing; ``require_weak_typing`` refuses 10.12 and l
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bisector.backends.trt_parse import LayerInfo, is_timing_key, parse_layer_information
+from bisector.backends.trt_parse import LayerInfo, parse_layer_information
 from bisector.errors import MissingDependency, UserError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'bisector[tensorrt]' on a machine with an NVIDIA GPU"
-INVALID_TACTIC_HASH = 2**64 - 1  # TimingCacheValue::kINVALID_TACTIC_HASH
-FORCED_TIMING_MS = 1.0  # what sampleEditableTimingCache writes for a forced tactic with no timing
 LAST_WEAK_TYPING = (10, 11)  # layer.precision / FP16 flags: deprecated in 10.12, removed in 11
 # --precision-constraints value -> BuilderFlag name (weak typing only)
 PRECISION_CONSTRAINTS = {"obey": "OBEY_PRECISION_CONSTRAINTS", "prefer": "PREFER_PRECISION_CONSTRAINTS"}
@@ -94,7 +89,7 @@ def weak_typing_trt():
     return trt
 
 
-def _flag(trt, name: str):
+def builder_flag(trt, name: str):
     """A BuilderFlag by name; its integer value differs between versions, so never by number."""
     flag = getattr(trt.BuilderFlag, name, None)
     if flag is None:
@@ -136,7 +131,7 @@ def _logger(trt, verbose_log_path: str | os.PathLike | None):
 _QUIET_LOGGER = None
 
 
-def _quiet_logger(trt):
+def quiet_logger(trt):
     """One module-wide logger (no file) for runtimes and caches: TensorRT objects keep a pointer to
     their logger, so it must outlive them."""
     global _QUIET_LOGGER
@@ -241,16 +236,16 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
         if builder_optimization_level is not None:
             config.builder_optimization_level = int(builder_optimization_level)
         if not tf32:
-            config.clear_flag(_flag(trt, "TF32"))
+            config.clear_flag(builder_flag(trt, "TF32"))
         if fp16:
-            config.set_flag(_flag(trt, "FP16"))
+            config.set_flag(builder_flag(trt, "FP16"))
         if bf16:
-            config.set_flag(_flag(trt, "BF16"))
+            config.set_flag(builder_flag(trt, "BF16"))
         if layer_precisions:
             _constrain_layers(trt, network, layer_precisions)
-            config.set_flag(_flag(trt, PRECISION_CONSTRAINTS[precision_constraints]))
+            config.set_flag(builder_flag(trt, PRECISION_CONSTRAINTS[precision_constraints]))
         if editable_timing_cache:
-            config.set_flag(_flag(trt, "EDITABLE_TIMING_CACHE"))
+            config.set_flag(builder_flag(trt, "EDITABLE_TIMING_CACHE"))
         cache = config.create_timing_cache(bytes(timing_cache or b""))
         if not config.set_timing_cache(cache, False):
             raise UserError("TensorRT rejected the timing cache",
@@ -322,7 +317,7 @@ def network_layers(onnx_path: str | os.PathLike) -> list[NetworkLayer]:
 
 
 def _deserialize(trt, engine_bytes: bytes, logger=None):
-    runtime = trt.Runtime(logger or _quiet_logger(trt))
+    runtime = trt.Runtime(logger or quiet_logger(trt))
     engine = runtime.deserialize_cuda_engine(bytes(engine_bytes))
     if engine is None:
         raise UserError("TensorRT cannot load the engine", hint="an engine only loads on the TensorRT version and GPU that built it")
@@ -336,103 +331,6 @@ def layer_tactics(engine_bytes: bytes) -> list[LayerInfo]:
     _runtime, engine = _deserialize(trt, engine_bytes)
     inspector = engine.create_engine_inspector()
     return parse_layer_information(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-
-
-# ---------------------------------------------------------------- editable timing cache
-class EditableCache:
-    """An ITimingCache opened from bytes by a config with EDITABLE_TIMING_CACHE set; keeps the builder
-    and config that own it alive. ``cache_entries``/``force_tactic`` take it, a raw ITimingCache or bytes."""
-
-    def __init__(self, data: bytes = b""):
-        trt = import_trt()
-        self.builder = trt.Builder(_quiet_logger(trt))
-        self.config = self.builder.create_builder_config()
-        self.config.set_flag(_flag(trt, "EDITABLE_TIMING_CACHE"))
-        self.cache = self.config.create_timing_cache(bytes(data))
-
-    def serialize(self) -> bytes:
-        return bytes(self.cache.serialize())
-
-
-def _itiming_cache(cache):
-    if isinstance(cache, (bytes, bytearray, memoryview)):
-        cache = EditableCache(bytes(cache))
-    return cache.cache if isinstance(cache, EditableCache) else cache
-
-
-def cache_entries(cache) -> dict[str, tuple[int, float]]:
-    """``{key text: (tactic hash, ms)}`` for every valid entry (``queryKeys``/``query``; entries whose
-    ``tacticHash`` is 2**64-1 are invalid and skipped). Keys are strings: TimingCacheKey has no hash."""
-    cache = _itiming_cache(cache)
-    rows = []
-    for key in cache.queryKeys():
-        value = cache.query(key)
-        rows.append((str(key), value.tacticHash, value.timingMSec))
-    return valid_entries(rows)
-
-
-def valid_entries(rows: Iterable[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
-    """``{key text, lower case: (tactic hash, ms)}`` from ``(key text, tacticHash, timingMSec)`` rows,
-    without the invalid entries (hash 2**64-1). Pure.
-
-    >>> valid_entries([("0xAB", 7, 0.5), ("0xcd", INVALID_TACTIC_HASH, 1.0)])
-    {'0xab': (7, 0.5)}
-    """
-    return {str(k).lower(): (int(h), float(ms)) for k, h, ms in rows if int(h) != INVALID_TACTIC_HASH}
-
-
-def tactic_hash_value(tactic: int | str) -> int:
-    """A tactic hash as ``TimingCacheValue`` takes it, from an int or the VERBOSE log's hex text
-    (``"0x665ded9abbf88"``); UserError outside 0 .. 2**64-2 (2**64-1 marks an invalid entry). Pure."""
-    try:
-        value = int(tactic, 16) if isinstance(tactic, str) else int(tactic)
-    except ValueError:
-        raise UserError(f"not a tactic hash: {tactic!r}", hint="expected hex text such as 0x665ded9abbf88") from None
-    if not 0 <= value < INVALID_TACTIC_HASH:
-        raise UserError(f"tactic hash {tactic!r} is out of range", hint="a 64-bit value below 2**64-1")
-    return value
-
-
-def forced_value(old_hash: int, old_ms: float, tactic: int | str) -> tuple[int, float]:
-    """``(tactic hash, ms)`` to write when forcing ``tactic`` over the entry ``(old_hash, old_ms)``: the
-    entry's timing is kept when it is valid, else ``FORCED_TIMING_MS`` (as sampleEditableTimingCache
-    does). Pure.
-
-    >>> forced_value(5, 0.25, "0x10"), forced_value(INVALID_TACTIC_HASH, -1.0, 16)
-    ((16, 0.25), (16, 1.0))
-    """
-    ms = float(old_ms)
-    if int(old_hash) == INVALID_TACTIC_HASH or not math.isfinite(ms) or ms < 0:
-        ms = FORCED_TIMING_MS
-    return tactic_hash_value(tactic), ms
-
-
-def force_tactic(cache, key: str, tactic_hash: int | str) -> bool:
-    """Set one entry's tactic (keeping its timing, else 1 ms). False when TensorRT refuses (an unknown
-    key or an invalid value). ``key`` is ``"0x"`` + 32 hex digits, as in the VERBOSE log. ``cache`` is an
-    ITimingCache or EditableCache (edited in place); for serialized bytes use ``force_tactics``.
-    Bad arguments are refused before tensorrt is imported."""
-    if isinstance(cache, (bytes, bytearray, memoryview)):
-        raise TypeError("force_tactic edits a cache in place: pass an EditableCache, or use force_tactics(bytes)")
-    if not is_timing_key(key):
-        raise UserError(f"not a timing cache key: {key!r}", hint="expected 0x followed by 32 hex digits")
-    tactic_hash_value(tactic_hash)
-    trt = import_trt()
-    cache = _itiming_cache(cache)
-    tkey = trt.TimingCacheKey.parse(key)
-    old = cache.query(tkey)
-    h, ms = forced_value(old.tacticHash, old.timingMSec, tactic_hash)
-    return bool(cache.update(tkey, trt.TimingCacheValue(h, ms)))
-
-
-def force_tactics(data: bytes, forced: Mapping[str, int | str]) -> bytes:
-    """Serialized cache with each ``{key: tactic hash}`` forced; UserError naming a refused key."""
-    cache = EditableCache(data)
-    for key, tactic in forced.items():
-        if not force_tactic(cache, key, tactic):
-            raise UserError(f"TensorRT refused tactic {tactic} for timing cache key {key}",
-                            hint="the key must already be in the cache (build once with editable_timing_cache)")
-    return cache.serialize()
 
 
 # ---------------------------------------------------------------- running an engine

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bisector.backends import tensorrt as trt_backend
+from bisector.backends import trt_cache
 from bisector.backends.trt_parse import (
     AutotuneRecord,
     ReplayAlgorithm,
@@ -278,37 +279,37 @@ KEY_A, KEY_B, KEY_C = "0x" + "a1" * 16, "0x" + "b2" * 16, "0x" + "c3" * 16
 
 # ---------------------------------------------------------------- timing cache: the pure parts
 def test_valid_entries_skip_invalid_hashes_and_lower_the_keys():
-    rows = [(KEY_A.upper().replace("0X", "0x"), 0x665DED9ABBF88, 0.011), (KEY_B, trt_backend.INVALID_TACTIC_HASH, 1.0)]
-    assert trt_backend.valid_entries(rows) == {KEY_A: (0x665DED9ABBF88, 0.011)}
-    assert trt_backend.valid_entries([]) == {}
+    rows = [(KEY_A.upper().replace("0X", "0x"), 0x665DED9ABBF88, 0.011), (KEY_B, trt_cache.INVALID_TACTIC_HASH, 1.0)]
+    assert trt_cache.valid_entries(rows) == {KEY_A: (0x665DED9ABBF88, 0.011)}
+    assert trt_cache.valid_entries([]) == {}
 
 
 def test_forced_value_keeps_a_valid_timing_else_one_millisecond():
-    assert trt_backend.forced_value(0x665DED9ABBF88, 0.011, "0x393e4ef8ad243") == (0x393E4EF8AD243, 0.011)
-    assert trt_backend.forced_value(trt_backend.INVALID_TACTIC_HASH, 0.5, 7) == (7, trt_backend.FORCED_TIMING_MS)
+    assert trt_cache.forced_value(0x665DED9ABBF88, 0.011, "0x393e4ef8ad243") == (0x393E4EF8AD243, 0.011)
+    assert trt_cache.forced_value(trt_cache.INVALID_TACTIC_HASH, 0.5, 7) == (7, trt_cache.FORCED_TIMING_MS)
     for bad_ms in (float("nan"), float("inf"), -1.0):
-        assert trt_backend.forced_value(1, bad_ms, 7) == (7, trt_backend.FORCED_TIMING_MS)
+        assert trt_cache.forced_value(1, bad_ms, 7) == (7, trt_cache.FORCED_TIMING_MS)
 
 
 @pytest.mark.parametrize("tactic, value", [("0x665ded9abbf88", 0x665DED9ABBF88), ("0X10", 16), (16, 16), (0, 0),
                                            (2**64 - 2, 2**64 - 2)])
 def test_tactic_hash_value(tactic, value):
-    assert trt_backend.tactic_hash_value(tactic) == value
+    assert trt_cache.tactic_hash_value(tactic) == value
 
 
 @pytest.mark.parametrize("tactic", ["tactic7", "", -1, 2**64 - 1, 2**64])
 def test_tactic_hash_value_refuses(tactic):
     with pytest.raises(UserError, match="tactic hash"):
-        trt_backend.tactic_hash_value(tactic)
+        trt_cache.tactic_hash_value(tactic)
 
 
 def test_force_tactic_refuses_bad_arguments_before_importing_tensorrt():
     with pytest.raises(TypeError, match="force_tactics"):
-        trt_backend.force_tactic(b"serialized", KEY_A, 1)  # would edit a throwaway copy
+        trt_cache.force_tactic(b"serialized", KEY_A, 1)  # would edit a throwaway copy
     with pytest.raises(UserError, match="not a timing cache key"):
-        trt_backend.force_tactic(object(), "0x1234", 1)
+        trt_cache.force_tactic(object(), "0x1234", 1)
     with pytest.raises(UserError, match="not a tactic hash"):
-        trt_backend.force_tactic(object(), KEY_A, "fast")
+        trt_cache.force_tactic(object(), KEY_A, "fast")
 
 
 # ---------------------------------------------------------------- build precision gates (pure)
@@ -364,32 +365,32 @@ def test_real_build_read_tactics_and_force_one(tmp_path):
     records = [r for r in parse_autotune_log(log.read_text()) if r.selected and len(r.tactics) > 1]
     if not records:
         pytest.skip("this GPU offered one tactic per op: nothing to force")
-    entries = trt_backend.cache_entries(cache)
+    entries = trt_cache.cache_entries(cache)
     rec = records[0]
     assert rec.key in entries and entries[rec.key][0] == int(rec.selected, 16)
     other = next(t.tactic_hash for t in rec.tactics if t.tactic_hash != rec.selected)
-    forced = trt_backend.force_tactics(cache, {rec.key: other})
-    assert trt_backend.cache_entries(forced)[rec.key][0] == int(other, 16)
+    forced = trt_cache.force_tactics(cache, {rec.key: other})
+    assert trt_cache.cache_entries(forced)[rec.key][0] == int(other, 16)
     engine2, cache2 = trt_backend.build_engine(model, timing_cache=forced, editable_timing_cache=True)
-    assert trt_backend.cache_entries(cache2)[rec.key][0] == int(other, 16)
+    assert trt_cache.cache_entries(cache2)[rec.key][0] == int(other, 16)
     assert trt_backend.layer_tactics(engine2)
 
 
 @needs_trt
 def test_real_flags_are_looked_up_by_name():
     trt = trt_backend.import_trt()
-    assert trt_backend._flag(trt, "EDITABLE_TIMING_CACHE") == trt.BuilderFlag.EDITABLE_TIMING_CACHE
+    assert trt_backend.builder_flag(trt, "EDITABLE_TIMING_CACHE") == trt.BuilderFlag.EDITABLE_TIMING_CACHE
     with pytest.raises(UserError, match="no BuilderFlag.NO_SUCH_FLAG"):
-        trt_backend._flag(trt, "NO_SUCH_FLAG")
+        trt_backend.builder_flag(trt, "NO_SUCH_FLAG")
 
 
 @needs_trt
 def test_real_timing_cache_refuses_an_unknown_key():
-    cache = trt_backend.EditableCache()
-    assert trt_backend.cache_entries(cache) == {}
-    assert not trt_backend.force_tactic(cache, KEY_C, 1)  # not in the cache: TensorRT says no
+    cache = trt_cache.EditableCache()
+    assert trt_cache.cache_entries(cache) == {}
+    assert not trt_cache.force_tactic(cache, KEY_C, 1)  # not in the cache: TensorRT says no
     with pytest.raises(UserError, match="refused tactic"):
-        trt_backend.force_tactics(cache.serialize(), {KEY_C: 1})
+        trt_cache.force_tactics(cache.serialize(), {KEY_C: 1})
 
 
 @needs_trt
