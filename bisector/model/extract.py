@@ -54,6 +54,8 @@ class SubgraphCutter:
         self._vi_cache: dict[str, onnx.ValueInfoProto] = {}
         self._orig_inputs = {vi.name: vi for vi in model.graph.input}
         self._orig_outputs = {vi.name: vi for vi in model.graph.output}
+        self._reads = [tuple(dict.fromkeys(ins)) for ins in self.index.inputs]  # each tensor once per node
+        self._readers = {t: len(c) for t, c in self.index.consumers.items()}
 
     def value_info(self, name: str) -> onnx.ValueInfoProto:
         vi = self._vi_cache.get(name)
@@ -79,16 +81,14 @@ class SubgraphCutter:
         for i in order:
             produced.update(idx.outputs[i])
         inputs: dict[str, None] = {}
-        consumed: set[str] = set()
+        consumed: dict[str, int] = {}  # tensor -> how many nodes of the set read it
         for i in order:
-            for t in idx.inputs[i]:
-                consumed.add(t)
+            for t in self._reads[i]:
+                consumed[t] = consumed.get(t, 0) + 1
                 if t not in produced and t not in self._inits and t not in self._sparse:
                     inputs.setdefault(t, None)
-        members = set(order)
         outputs = [t for i in order for t in idx.outputs[i]
-                   if t not in consumed or t in self._graph_outputs
-                   or any(c not in members for c in idx.consumers.get(t, ()))]
+                   if not consumed.get(t) or consumed[t] < self._readers[t] or t in self._graph_outputs]
         return order, list(inputs), outputs
 
     def cut(self, nodes) -> Subgraph:

@@ -75,18 +75,38 @@ def _first_line(exc: BaseException) -> str:
 def external_locations(model: onnx.ModelProto) -> list[str]:
     """Every distinct external-data location referenced by the model, in first-seen order."""
     seen: dict[str, None] = {}
-    for t in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(t):
+    for t in _tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
             for entry in t.external_data:
                 if entry.key == "location":
                     seen.setdefault(entry.value, None)
     return list(seen)
 
 
+_A = onnx.AttributeProto
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Initializers and tensor attributes of ``graph`` and its subgraphs (onnx's own walk is 5x
+    slower: it wraps every node, and a 10,000-node candidate is cut dozens of times)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == _A.TENSOR:
+                yield a.t
+            elif a.type == _A.TENSORS:
+                yield from a.tensors
+            elif a.type == _A.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == _A.GRAPHS:
+                for g in a.graphs:
+                    yield from _tensors(g)
+
+
 def external_bytes(model: onnx.ModelProto) -> int:
     """Total bytes of external tensors (from their ``length`` entries)."""
     total = 0
-    for t in external_data_helper._get_all_tensors(model):
+    for t in _tensors(model.graph):
         for e in t.external_data:
             if e.key == "length" and e.value:
                 total += int(e.value)
@@ -254,8 +274,8 @@ def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
 
 def load_weights(model: onnx.ModelProto, base_dir: Path, names: set[str] | None = None) -> None:
     """Embed the external tensors of ``model`` (only ``names``, if given), in place."""
-    for t in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(t) and (names is None or t.name in names):
+    for t in _tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL and (names is None or t.name in names):
             t.raw_data = read_external(t, base_dir)
             del t.external_data[:]
             t.data_location = onnx.TensorProto.DEFAULT
