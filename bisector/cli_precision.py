@@ -75,6 +75,7 @@ def precision(
         if cmp.realize is not None:
             raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
         precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
+    cli.check_writable(output)
     # The check runs the realized model as it is: its Target gets no precision of its own.
     check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
     realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")

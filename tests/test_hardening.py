@@ -45,9 +45,10 @@ def test_a_file_where_a_directory_should_be_is_one_line_and_exit_2(tmp_path, cha
     assert "bisector resume s" in proc.stderr
 
 
-def test_an_output_path_that_cannot_be_written_is_refused_before_the_search(tmp_path, chain_model):
+@pytest.mark.parametrize("command", [["reduce"], ["precision", "--precision", "fp16"]])
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_search(tmp_path, chain_model, command):
     (tmp_path / "file.txt").write_text("not a directory\n")
-    proc = bisector("reduce", "m.onnx", "-o", "file.txt/red.onnx", "--session", "s", "-q", "--check", *faulty(),
+    proc = bisector(*command, "m.onnx", "-o", "file.txt/red.onnx", "--session", "s", "-q", "--check", *faulty(),
                     cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "file.txt is not a directory" in one_error_line(proc.stderr)
