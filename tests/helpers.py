@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import contextlib
 import textwrap
 from pathlib import Path
 
@@ -46,3 +47,19 @@ def executable(path: Path, body: str) -> Path:
     path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str):
+    """A tmpfs mounted at ``mnt`` for the duration (root and CAP_SYS_ADMIN; the test skips without)."""
+    import pytest
+
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}): {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)

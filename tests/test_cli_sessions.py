@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report, tmpfs
 
 REPORT_KEYS = {"strategy", "checks", "verdicts", "elapsed_s", "result", "iterations"}
 
@@ -97,16 +97,8 @@ def test_session_in_a_read_only_directory_is_one_line_and_exit_2(tmp_path, chain
 @pytest.fixture
 def small_disk(tmp_path):
     """A 512 KiB tmpfs (needs root and CAP_SYS_ADMIN; the test is skipped without them)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with tmpfs(tmp_path / "small", "size=512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 @pytest.mark.slow

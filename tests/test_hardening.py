@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report, tmpfs
 
 
 def journal(session: Path) -> list[dict]:
@@ -58,16 +58,8 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_the_search(tmp_
 @pytest.fixture
 def few_inodes(tmp_path):
     """A tmpfs that holds at most 200 files and directories (root and CAP_SYS_ADMIN, else skipped)."""
-    mnt = tmp_path / "few"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=200", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with tmpfs(tmp_path / "few", "size=8m,nr_inodes=200") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
 @pytest.mark.slow
