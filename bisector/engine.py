@@ -120,6 +120,8 @@ class Engine:
         self.cache: dict[str, Entry] = session.journal.cache()
         self._next_iteration = session.journal.next_iteration()
         self._running: dict[str, Future] = {}
+        self._dropped: set[str] = set()  # running speculation the search no longer wants
+        self._started: dict[str, tuple[int, Path]] = {}  # fingerprint -> iteration and its directory
         self._slots: queue.Queue[int] = queue.Queue()
         for i in range(self.jobs):
             self._slots.put(i)
@@ -257,21 +259,45 @@ class Engine:
             return entry.verdict
         wanted = [ask.candidate] + [c for c in ask.speculate if c is not None]
         fps = [fp] + [self.materializer.fingerprint(c) for c in wanted[1:]]
-        for other, fut in list(self._running.items()):  # speculation the search no longer wants
-            if other not in fps and fut.cancel():
+        self._drop(set(fps))
+        guesses = list(zip(wanted[1:], fps[1:]))
+        while fp not in self.cache:
+            if fp not in self._running:  # (a dropped run of it, killed, ends without a verdict)
+                self._submit(ask.candidate, fp, speculative=False)
+            self._speculate(guesses)
+            primary = self._running[fp]
+            while not primary.done():
+                wait(list(self._running.values()), return_when=FIRST_COMPLETED, timeout=0.2)
+                self._harvest()
+                if not primary.done():
+                    self._speculate(guesses)  # a slot freed by a finished or dropped check
+            self._harvest()
+        return self.cache[fp].verdict
+
+    def _drop(self, wanted: set[str]) -> None:
+        """Speculation the search no longer wants: unstarted checks are cancelled, running ones
+        killed where the check can cancel one run (their slot comes free; nothing is journaled)."""
+        cancel = getattr(self.check, "cancel", None)
+        for other, fut in list(self._running.items()):
+            if other in wanted or other in self._dropped:
+                continue
+            if fut.cancel():
                 del self._running[other]
-        for i, (cand, cfp) in enumerate(zip(wanted, fps)):
+            elif cancel is not None:
+                self._dropped.add(other)
+                with self._lock:
+                    started = self._started.get(other)
+                if started is not None:
+                    cancel(started[1])
+
+    def _speculate(self, guesses: list[tuple[Candidate, str]]) -> None:
+        """Start guesses, in the strategy's order, while fewer than ``jobs`` wanted checks run."""
+        for cand, cfp in guesses:
             if cfp in self.cache or cfp in self._running:
                 continue
-            if i > 0 and len(self._running) >= self.jobs:
-                break
-            self._submit(cand, cfp, speculative=i > 0)
-        primary = self._running[fp]
-        while not primary.done():
-            wait(list(self._running.values()), return_when=FIRST_COMPLETED, timeout=0.2)
-            self._harvest()
-        self._harvest()
-        return self.cache[fp].verdict
+            if len(self._running) - len(self._dropped) >= self.jobs:
+                return
+            self._submit(cand, cfp, speculative=True)
 
     def _submit(self, cand: Candidate, fp: str, speculative: bool) -> None:
         fut = self._pool.submit(self._run_one, cand, fp, speculative)
@@ -287,6 +313,8 @@ class Engine:
             self.emit("check-start", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
                       size=cand.size, speculative=speculative, **self._progress())
             workdir = self.session.iteration_dir(iteration)
+            with self._lock:
+                self._started[fp] = (iteration, workdir)
             artifact = self.materializer.materialize(cand, workdir, iteration)
             artifact.session_dir = self.session.root
             if self.devices:
@@ -294,11 +322,11 @@ class Engine:
                 artifact.extra_env = {**artifact.extra_env, "CUDA_VISIBLE_DEVICES": device}
             start = time.monotonic()
             try:
-                if self._search_over:
+                if self._search_over or fp in self._dropped:
                     raise SessionAborted("the search no longer needs this check")
                 result = self.check.run(artifact)
             except SessionAborted:
-                if self._search_over:  # cancelled by _end_speculation: leave nothing half-done
+                if self._search_over or fp in self._dropped:  # cancelled: leave nothing half-done
                     shutil.rmtree(workdir, ignore_errors=True)
                 raise
             if not result.duration_s:
@@ -313,7 +341,15 @@ class Engine:
             if not fut.done():
                 continue
             del self._running[fp]
+            with self._lock:
+                started = self._started.pop(fp, None)
             cand, speculative = fut.meta  # type: ignore[attr-defined]
+            if fp in self._dropped:
+                self._dropped.discard(fp)
+                if isinstance(fut.exception(), SessionAborted) and not self._search_over:
+                    self.emit("dropped", iteration=started[0] if started else None, fingerprint=fp,
+                              label=cand.label, phase=cand.phase, **self._progress())
+                    continue  # killed on purpose: no verdict, nothing to journal
             iteration, result, artifact = fut.result()  # re-raises UserError / SessionAborted
             self._record(cand, fp, iteration, speculative, result, artifact)
 

@@ -63,6 +63,9 @@ class LogLines:
                 self.console.print(Text(_indent(e["output"]), style="dim"))
         elif kind == "cached":
             self.console.print(f"cached: {e['label']} -> {e['verdict']}", style="dim", highlight=False)
+        elif kind == "dropped":
+            self.console.print(f"iteration {e['iteration']}: {e['label']} -> stopped (speculation no longer "
+                               f"needed)", style="dim", highlight=False)
 
 
 def _indent(text: str, lines: int = 15) -> str:
@@ -98,6 +101,8 @@ class LiveDisplay:
             kind = e["event"]
             if kind == "check-start":
                 self.running[e["iteration"]] = e["label"]
+            elif kind == "dropped":
+                self.running.pop(e["iteration"], None)
             elif kind == "verdict":
                 self.running.pop(e["iteration"], None)
                 style = VERDICT_STYLE[e["verdict"]]

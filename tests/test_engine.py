@@ -250,6 +250,57 @@ def test_speculation_still_running_when_the_search_ends_is_cancelled(tmp_path):
     assert again.result == outcome.result and again.stats.run_checks == 0  # cancel left the check usable
 
 
+class GuessWrongThenMoveOn(Strategy):
+    """Asks for {0} guessing {1}, then for {2} guessing {3}: the first guess is never wanted."""
+
+    name = "guess-wrong"
+
+    def endpoints(self):
+        return None, None
+
+    def search(self):
+        first = yield self.ask(Candidate(frozenset({0}), label="a0", phase="search"),
+                               [Candidate(frozenset({1}), label="g1", phase="search")])
+        second = yield self.ask(Candidate(frozenset({2}), label="a2", phase="search"),
+                                [Candidate(frozenset({3}), label="g3", phase="search")])
+        return {"a0": first.value, "a2": second.value}
+
+
+WAIT_FOR = """\
+import os, sys, time
+item = open(sys.argv[1]).read().split()[0]
+open(os.path.join(sys.argv[2], item), "w").write(str(os.getpid()))
+if item == "1":
+    time.sleep(60)
+partner = {"0": "1", "2": "3"}.get(item)  # ends only once its guess has started
+for _ in range(200):
+    if partner is None or os.path.exists(os.path.join(sys.argv[2], partner)):
+        break
+    time.sleep(0.05)
+"""
+
+
+def test_a_guess_the_search_no_longer_wants_is_killed_and_its_slot_reused(tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "wait_for.py"
+    script.write_text(WAIT_FOR)
+    check = CommandCheck([sys.executable, str(script), "{artifact}", str(pids)])
+    events = []
+    eng = Engine(GuessWrongThenMoveOn(), TextMaterializer(), check, session(tmp_path / "s"), jobs=2,
+                 listeners=[events.append])
+    start = time.monotonic()
+    outcome = eng.run()
+    assert time.monotonic() - start < 20, "the unwanted guess kept its slot"
+    assert outcome.result == {"a0": "good", "a2": "good"}
+    assert (pids / "3").exists()  # started while a2 ran: the dropped guess's slot was reused
+    guess = int((pids / "1").read_text())
+    assert not os.path.exists(f"/proc/{guess}"), "the unwanted guess was not killed and reaped"
+    labels = [e.label for e in read(tmp_path / "s" / JOURNAL_NAME)]
+    assert sorted(labels) == ["a0", "a2", "g3"]  # nothing of g1
+    assert [e["label"] for e in events if e["event"] == "dropped"] == ["g1"]
+
+
 class Uncancellable:
     """A check with no ``cancel()``: its speculation runs to the end."""
 

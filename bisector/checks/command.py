@@ -200,6 +200,7 @@ class CommandCheck:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self._cancelled: set[subprocess.Popen] = set()
+        self._cwd: dict[subprocess.Popen, Path] = {}
         self._terminated = threading.Event()
         self.launch_dir = Path.cwd()
 
@@ -222,10 +223,11 @@ class CommandCheck:
         for proc in procs:
             _signal_group(proc.pid, signal.SIGTERM)
 
-    def cancel(self) -> None:
-        """Kill the commands running now (SIGTERM now; SIGKILL follows in ``run``). Thread-safe."""
+    def cancel(self, workdir: Path | None = None) -> None:
+        """Kill the commands running now, or only the one running in ``workdir`` (SIGTERM now;
+        SIGKILL follows in ``run``, which raises ``SessionAborted``). Thread-safe."""
         with self._lock:
-            procs = list(self._running)
+            procs = [p for p in self._running if workdir is None or self._cwd.get(p) == Path(workdir)]
             self._cancelled.update(procs)
         for proc in procs:
             _signal_group(proc.pid, signal.SIGTERM)
@@ -248,6 +250,7 @@ class CommandCheck:
             finally:
                 with self._lock:
                     self._running.discard(proc)
+                    self._cwd.pop(proc, None)
                     cancelled = proc in self._cancelled
                     self._cancelled.discard(proc)
         duration = time.monotonic() - start
@@ -344,6 +347,7 @@ class CommandCheck:
             raise UserError(f"check command {argv[0]!r} cannot be run: {exc.strerror}") from None
         with self._lock:
             self._running.add(proc)
+            self._cwd[proc] = Path(cwd)
         if self._terminated.is_set():  # terminate() came between Popen and registration
             _signal_group(proc.pid, signal.SIGTERM)
         return proc

@@ -96,10 +96,10 @@ class RepeatCheck:
         if inner_terminate is not None:
             inner_terminate()
 
-    def cancel(self) -> None:
+    def cancel(self, workdir=None) -> None:
         inner_cancel = getattr(self.inner, "cancel", None)
         if inner_cancel is not None:
-            inner_cancel()
+            inner_cancel(workdir)
 
     def should_show(self, result: CheckResult) -> bool:
         """The inner check's rule if it has one, else: show output for non-good verdicts."""
