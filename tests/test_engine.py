@@ -297,7 +297,7 @@ def test_a_guess_the_search_no_longer_wants_is_killed_and_its_slot_reused(tmp_pa
     guess = int((pids / "1").read_text())
     assert not os.path.exists(f"/proc/{guess}"), "the unwanted guess was not killed and reaped"
     labels = [e.label for e in read(tmp_path / "s" / JOURNAL_NAME)]
-    assert sorted(labels) == ["a0", "a2", "g3"]  # nothing of g1
+    assert "g1" not in labels and {"a0", "a2"} <= set(labels)  # g3 ends with a2 or is cancelled
     assert [e["label"] for e in events if e["event"] == "dropped"] == ["g1"]
 
 

@@ -128,8 +128,13 @@ def bisect(lo: int, hi: int, make: Callable[[int], Candidate], ask: Callable[...
     ``hi`` good; returns with ``lo`` the last bad position). A SKIP verdict removes that position
     from the search, as ``git bisect skip`` does, and the next untested position nearest the
     middle is tried instead.
+
+    Guesses for ``-j N`` are the midpoints of both halves, the half the last verdict moved towards
+    first: a culprit near one end moves the same end again and again, so ``-j 2``'s one guess
+    then keeps paying off.
     """
     skipped: set[int] = set()
+    moved_lo = False  # which end the last verdict moved: the guesses bet on it moving again
     while True:
         open_ = [x for x in range(lo + 1, hi) if x not in skipped]
         if not open_:
@@ -138,7 +143,8 @@ def bisect(lo: int, hi: int, make: Callable[[int], Candidate], ask: Callable[...
         mid = min(open_, key=lambda x: (abs(x - mid), x))
         progress.remaining = ceil_log2(len(open_) + 1)
         spec = []
-        for a, b in ((lo, mid), (mid, hi)):
+        halves = ((mid, hi), (lo, mid)) if moved_lo else ((lo, mid), (mid, hi))
+        for a, b in halves:
             m = (a + b) // 2
             if a < m < b and m not in skipped:
                 spec.append(make(m))
@@ -146,9 +152,9 @@ def bisect(lo: int, hi: int, make: Callable[[int], Candidate], ask: Callable[...
         if verdict == Verdict.SKIP:
             skipped.add(mid)
         elif (verdict == Verdict.BAD) == (bad_side == "high"):
-            hi = mid
+            hi, moved_lo = mid, False
         else:
-            lo = mid
+            lo, moved_lo = mid, True
 
 
 def ddmin(items: list, make: Callable[[list], Candidate], ask: Callable[..., Ask],
