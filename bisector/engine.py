@@ -155,8 +155,6 @@ class Engine:
         self.emit("start", session=str(self.session.root), strategy=self.strategy.name,
                   resumed=self.session.resumed, known_verdicts=len(self.cache))
         try:
-            if self.check_endpoints:
-                self._endpoints()
             result = self._search()
             self._end_speculation()
         except KeyboardInterrupt:
@@ -173,10 +171,19 @@ class Engine:
         return Outcome(result=result, stats=self.stats, iterations=list(self.session.journal))
 
     def _search(self) -> dict[str, Any]:
-        """Drive the strategy to its result (which may need no ask at all: a one-node model)."""
+        """Check the endpoints, then drive the strategy to its result (which may need no ask at
+        all: a one-node model). The search's first ask does not depend on any verdict, so it is
+        taken first and speculated beside the endpoints."""
         search = self.strategy.search()
         try:
             ask = next(search)
+        except StopIteration as stop:
+            ask, result = None, stop.value
+        if self.check_endpoints:
+            self._endpoints(ahead=[ask.candidate, *ask.speculate] if ask else [])
+        if ask is None:
+            return result
+        try:
             while True:
                 ask = search.send(self.resolve(ask))
         except StopIteration as stop:
@@ -227,11 +234,11 @@ class Engine:
                 del self._running[fp]
         self._harvest()
 
-    def _endpoints(self) -> None:
+    def _endpoints(self, ahead: list[Candidate] = ()) -> None:
         must_fail, must_pass = self.strategy.endpoints()
         if must_fail is None:
             return
-        v = self.resolve(Ask(must_fail, (must_pass,) if must_pass else ()))
+        v = self.resolve(Ask(must_fail, tuple(c for c in (must_pass, *ahead) if c is not None)))
         if v != Verdict.BAD:
             what = "passes" if v == Verdict.GOOD else "was skipped by"
             raise EndpointError(
@@ -239,7 +246,7 @@ class Engine:
                 hint="is the check right? run it by hand on the model; if the failure comes and goes, "
                      "try --repeat 3 --vote any")
         if must_pass is not None:
-            v = self.resolve(Ask(must_pass))
+            v = self.resolve(Ask(must_pass, tuple(ahead)))
             if v != Verdict.GOOD:
                 what = "fails" if v == Verdict.BAD else "was skipped by"
                 raise EndpointError(

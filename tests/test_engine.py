@@ -188,6 +188,15 @@ def test_j2_gives_exactly_the_answer_of_j1(tmp_path, need):
     assert again.run().stats.run_checks == 0
 
 
+def test_with_j2_the_first_ask_runs_beside_the_full_model_check(tmp_path):
+    events = []
+    eng, _ = engine(tmp_path, 16, {5}, "--sleep", "0.3", jobs=2, listeners=[events.append])
+    eng.run()
+    starts = [e for e in events if e["event"] in ("check-start", "verdict")][:3]
+    assert [e["event"] for e in starts] == ["check-start", "check-start", "verdict"]
+    assert starts[1]["speculative"] and not starts[0]["speculative"]
+
+
 def test_j3_with_skips_gives_the_answer_of_j1(tmp_path):
     extra = ("--skip-without", "5", "--full", "12")
     one, _ = engine(tmp_path, 12, {3, 10}, *extra, name="j1")
