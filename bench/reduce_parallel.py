@@ -67,7 +67,7 @@ DEFAULT_TIMEOUT_S = 900
 CONSOLE_WIDTH = 200  # when printing to a file or pipe
 SAME_TIME_S = 0.05  # checks started this close together were submitted by one ask
 WHY = {  # what started beside an on-demand check (events), for the second table
-    "endpoint": "the full-model check: the engine runs it before the search, with nothing beside it",
+    "endpoint": "the full-model check, always waited for (the search's first ask starts beside it)",
     "with speculation": "speculative checks were started with it",
     "none, a slot busy": "nothing was started with it while a check the search no longer waited for still ran",
     "none, slots free": "nothing was started with it although every slot was free: the search offered nothing",
