@@ -307,7 +307,7 @@ def max_runtime_ir_version() -> int:
 def normalize_ir(model: onnx.ModelProto) -> onnx.ModelProto:
     """Lower ``model.ir_version`` to what the installed onnxruntime accepts (in place).
 
-    onnx 1.23 writes IR 14, which onnxruntime 1.31 rejects. IR 3 models (initializers listed among
+    onnx 1.23 writes IR 14, which onnxruntime 1.31 rejects (1.32 accepts it). IR 3 models (initializers listed among
     graph inputs) are raised to 4 after :func:`drop_initializer_inputs`.
     """
     limit = max_runtime_ir_version()
