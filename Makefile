@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test setup clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[cpu,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
