@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv, uses
-from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError
+from bisector.cli_options import (WEIGHTS_HELP, CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv,
+                                  uses)
+from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError, one_of
 from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
 
 EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
@@ -108,10 +109,10 @@ def _target(c: CompareOptions):
     from bisector.backends.target import Target
     from bisector.commands.compare import read_keep
 
-    if c.precision not in (None, "fp16", "bf16"):
-        raise UserError(f"--precision {c.precision!r}: choose fp16 or bf16")
-    if c.realize not in (None, "true", "emulate"):
-        raise UserError(f"--realize {c.realize!r}: choose true or emulate")
+    if c.precision is not None:
+        one_of("--precision", c.precision, ("fp16", "bf16"))
+    if c.realize is not None:
+        one_of("--realize", c.realize, ("true", "emulate"))
     return Target(provider=c.provider, precision=c.precision, keep=read_keep(c.keep_fp32), realize=c.realize)
 
 
@@ -123,6 +124,13 @@ def _data_args(d: DataOptions) -> dict:
         raise UserError("--samples must be at least 1")
     return {"shapes": parse_shapes(d.input_shapes), "load": d.load_inputs or [], "samples": d.samples,
             "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None}
+
+
+def candidate_args(d: DataOptions, s: SessionOptions, cmp: CompareOptions, artifact: str) -> dict:
+    """The ``CandidateOptions`` fields (bisector/commands/candidates.py) that the shared flags set."""
+    a = _data_args(d)
+    return {"input_shapes": a["shapes"], "load_inputs": a["load"], "seed": a["seed"], "val_range": a["val_range"],
+            "samples": a["samples"], "iter_artifact": s.iter_artifact or artifact, "write_inputs": not cmp.compare}
 
 
 def build_check(chk: CheckOptions, cmp: CompareOptions):
@@ -291,29 +299,25 @@ def reduce(
     no_reduce_outputs: Annotated[bool, typer.Option("--no-reduce-outputs", help="Keep the graph outputs; only move the inputs")] = False,
     verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Prove 1-minimality: one check per remaining node")] = False,
     cut_feed: Annotated[str, typer.Option("--cut-feed", help="Values for cut tensors: recorded, random, constant")] = "recorded",
-    weights: Annotated[str, typer.Option("--weights", help="Candidates link the session's weight file, embed a copy, or auto: link for --compare and from 64 MiB, else embed")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)] = "auto",
 ):
     """Find the smallest subgraph of MODEL that still fails the check."""
     from bisector.commands import reduce as red
+    from bisector.commands.candidates import DEFAULT_ARTIFACT
+    from bisector.strategies.reduce import MODES
 
     if output is None and min_good is None:
         raise UserError("reduce needs -o/--output (or --min-good) to know where to write the answer")
     if no_reduce_inputs and no_reduce_outputs:
         raise UserError("--no-reduce-inputs and --no-reduce-outputs exclude each other")
-    if cut_feed not in red.CUT_FEEDS:
-        raise UserError(f"--cut-feed {cut_feed!r}: choose one of {', '.join(red.CUT_FEEDS)}")
-    for path in (output, min_good):
+    one_of("--cut-feed", cut_feed, red.CUT_FEEDS)
+    one_of("--mode", mode, MODES)
+    for path in (output, min_good, data.save_inputs):
         check_writable(path)
-    args = _data_args(data)
     opts = red.ReduceOptions(model=model, output=output, min_good=min_good, mode=mode,
                              reduce_inputs=not no_reduce_inputs, reduce_outputs=not no_reduce_outputs,
-                             verify_minimal=verify_minimal, cut_feed=cut_feed, input_shapes=args["shapes"],
-                             load_inputs=args["load"], seed=data.seed, val_range=args["val_range"],
-                             samples=data.samples, fallback_shapes=data.force_fallback_shape_inference,
-                             iter_artifact=s.iter_artifact or red.DEFAULT_ARTIFACT,
-                             write_inputs=not cmp.compare, weights=weights)
-    if mode not in ("auto", "bisect", "linear"):
-        raise UserError(f"--mode {mode!r}: choose auto, bisect or linear")
+                             verify_minimal=verify_minimal, cut_feed=cut_feed, weights=weights,
+                             **candidate_args(data, s, cmp, DEFAULT_ARTIFACT))
     check = build_check(chk, cmp)
     state = {}
 
@@ -334,6 +338,11 @@ def reduce(
         from bisector.commands.reduce_report import report_reduce
 
         written = red.write_result(outcome, state["materializer"], opts, session.result_dir)
+        if data.save_inputs:
+            from bisector.data import save_inputs
+
+            m = state["materializer"]
+            save_inputs(m.feeds(list(m.cutter.index.graph_inputs)), data.save_inputs)
         report_reduce(console, session, outcome, written, opts, _check_argv, cmp)
 
     run_session(strategy_name="reduce", model=model, params=opts.params() | {"check": _check_argv},

@@ -68,6 +68,10 @@ def uses(*groups):
     return deco
 
 
+WEIGHTS_HELP = ("Candidates link the session's weight file, embed a copy, or auto: link for --compare and from "
+                "64 MiB, else embed")
+
+
 @dataclass
 class DataOptions:
     input_shapes: Annotated[Optional[list[str]], typer.Option(
@@ -84,7 +88,8 @@ class DataOptions:
     samples: Annotated[int, typer.Option(
         "--samples", "--iterations", help="Number of generated input samples", rich_help_panel="Data")] = 1
     force_fallback_shape_inference: Annotated[bool, typer.Option(
-        "--force-fallback-shape-inference", help="Infer shapes by running onnxruntime", rich_help_panel="Data")] = False
+        "--force-fallback-shape-inference", help="Accepted for Polygraphy's command lines; bisector always "
+        "takes the shapes of cut tensors from a real onnxruntime run", rich_help_panel="Data")] = False
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, uses
-from bisector.errors import UserError
+from bisector.cli_options import WEIGHTS_HELP, CheckOptions, CompareOptions, DataOptions, SessionOptions, uses
+from bisector.errors import UserError, one_of
 
 MODES = ("auto", "bisect", "linear")
 DIRECTIONS = ("forward", "reverse")
@@ -46,27 +46,26 @@ def precision(
     direction: Annotated[str, typer.Option("--dir", "--direction", help="bisect/linear: keep the first (forward) or last (reverse) k nodes")] = "forward",
     order: Annotated[Optional[str], typer.Option("--order", help="Search order: sensitivity (measured per-node error; default for auto) or topo")] = None,
     verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Check every removal from the answer instead of inferring it")] = False,
-    weights: Annotated[str, typer.Option("--weights", help="Candidates link the weights, embed them, or auto (embed below 64 MB)")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)] = "auto",
     constraints: Annotated[Optional[str], typer.Option("--precision-constraints", help="TensorRT <= 10.11 only: build each candidate as a weakly typed engine (polygraphy_debug.engine) with the kept layers constrained to fp32, obey or prefer, instead of rewriting the ONNX graph")] = None,
 ):
     """Find the fewest nodes of MODEL to keep in fp32 so that fp16, bf16 or int8 passes the check."""
     from bisector import cli
     from bisector.commands import precision as prec
     from bisector.commands import precision_trt
+    from bisector.commands.candidates import DEFAULT_ARTIFACT
     from bisector.commands.compare import read_keep
     from bisector.engine import EndpointError
 
-    if cmp.precision not in prec.PRECISIONS:
-        raise UserError("precision needs --precision fp16, bf16 or int8" if cmp.precision is None
-                        else f"--precision {cmp.precision!r}: choose fp16, bf16 or int8")
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r}: choose auto, bisect or linear")
-    if direction not in DIRECTIONS:
-        raise UserError(f"--dir {direction!r}: choose forward or reverse")
-    if order not in (None, *prec.ORDERS):
-        raise UserError(f"--order {order!r}: choose sensitivity or topo")
-    if cmp.realize not in (None, "true", "emulate"):
-        raise UserError(f"--realize {cmp.realize!r}: choose true or emulate")
+    if cmp.precision is None:
+        raise UserError("precision needs --precision fp16, bf16 or int8")
+    one_of("--precision", cmp.precision, prec.PRECISIONS)
+    one_of("--mode", mode, MODES)
+    one_of("--dir", direction, DIRECTIONS)
+    if order is not None:
+        one_of("--order", order, prec.ORDERS)
+    if cmp.realize is not None:
+        one_of("--realize", cmp.realize, ("true", "emulate"))
     if constraints is not None:
         if cmp.compare:
             raise UserError("--precision-constraints builds TensorRT engines, which the in-process --compare cannot run",
@@ -75,19 +74,16 @@ def precision(
         if cmp.realize is not None:
             raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
         precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
-    cli.check_writable(output)
+    for path in (output, data.save_inputs):
+        cli.check_writable(path)
     # The check runs the realized model as it is: its Target gets no precision of its own.
     check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
     realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")
-    args = cli._data_args(data)
+    artifact = precision_trt.ENGINE_ARTIFACT if constraints else DEFAULT_ARTIFACT
     opts = prec.PrecisionOptions(model=model, precision=cmp.precision, output=output, mode=mode, direction=direction,
                                  order=order, realize=realize, keep_always=read_keep(cmp.keep_fp32),
-                                 verify_minimal=verify_minimal, reference=cmp.reference, input_shapes=args["shapes"],
-                                 load_inputs=args["load"], seed=data.seed, val_range=args["val_range"],
-                                 samples=data.samples, write_inputs=not cmp.compare, weights=weights,
-                                 iter_artifact=s.iter_artifact or (precision_trt.ENGINE_ARTIFACT if constraints
-                                                                   else prec.DEFAULT_ARTIFACT),
-                                 constraints=constraints)
+                                 verify_minimal=verify_minimal, reference=cmp.reference, weights=weights,
+                                 constraints=constraints, **cli.candidate_args(data, s, cmp, artifact))
     state = {}
 
     def setup(session):

@@ -36,3 +36,11 @@ class SessionAborted(Exception):
 
     The session on disk is consistent and can be resumed.
     """
+
+
+def one_of(flag: str, value, choices) -> None:
+    """Refuse ``value`` for ``flag`` unless it is one of ``choices`` (a UserError naming them all)."""
+    if value not in choices:
+        names = [str(c) for c in choices]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise UserError(f"{flag} {value!r}: choose {listed}")

@@ -194,3 +194,13 @@ def test_a_resumed_session_reports_the_counts_of_an_uninterrupted_one(tmp_path, 
     assert f"checks run: {expected['checks']} in the session, {expected['checks'] - 3} in its last run" in md
     v = expected["verdicts"]
     assert f"good {v['good']}, bad {v['bad']}, skip {v['skip']}" in md
+
+
+def test_one_of_names_every_choice():
+    from bisector.errors import UserError, one_of
+
+    one_of("--mode", "auto", ("auto", "bisect", "linear"))
+    with pytest.raises(UserError, match=r"^--mode 'x': choose auto, bisect or linear$"):
+        one_of("--mode", "x", ("auto", "bisect", "linear"))
+    with pytest.raises(UserError, match=r"choose obey or prefer"):
+        one_of("--precision-constraints", "always", ("obey", "prefer"))

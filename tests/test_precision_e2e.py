@@ -87,9 +87,14 @@ def test_compare_check_finds_each_culprit_and_its_compensator(tmp_path, k):
 
 @pytest.mark.slow
 def test_the_written_models_and_files(tmp_path):
-    code, report = precision(tmp_path, fixture_path("fp16_overflow_1"), "--precision", "fp16", "--compare", *TOL)
+    code, report = precision(tmp_path, fixture_path("fp16_overflow_1"), "--precision", "fp16", "--compare", *TOL,
+                             "--samples", "2", "--save-inputs", str(tmp_path / "used.json"))
     assert code == 0
     result = tmp_path / "session" / "result"
+    from bisector.data import load_inputs
+
+    used, checked = load_inputs(tmp_path / "used.json"), load_inputs(result / "inputs.json")
+    assert len(used) == 2 and all((u["x"] == c["x"]).all() for u, c in zip(used, checked))
     mixed = onnx.load(str(tmp_path / "mixed.onnx"))  # -o: the true mixed model, standalone
     inferred = onnx.shape_inference.infer_shapes(mixed)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}

@@ -72,13 +72,19 @@ def test_random_cut_feed_loses_a_data_dependent_fault_that_recorded_values_keep(
 
 def test_several_samples_feed_every_sample(tmp_path):
     model = fixture_path("chain")
-    code, report = reduce(tmp_path, model, "--samples", "3", check=faulty("scale:relu4"))
+    code, report = reduce(tmp_path, model, "--samples", "3", "--save-inputs", str(tmp_path / "used.json"),
+                          check=faulty("scale:relu4"))
     assert code == 0 and report["result"]["node_names"] == ["relu4"]
-    from bisector.data import load_inputs
+    from bisector.data import generate_inputs, load_inputs
+    from bisector.model.prepare import default_specs
 
     samples = load_inputs(tmp_path / "reduced_inputs.json")
     assert len(samples) == 3
     assert not all((samples[0][k] == samples[1][k]).all() for k in samples[0])
+    used = load_inputs(tmp_path / "used.json")  # --save-inputs: the full model's inputs, every sample
+    generated = generate_inputs(default_specs(onnx.load(str(model))), samples=3, seed=1)
+    assert [sorted(u) for u in used] == [sorted(g) for g in generated] == [["x"]] * 3
+    assert all((u["x"] == g["x"]).all() for u, g in zip(used, generated))
 
 
 def test_dynamic_shapes_are_frozen_from_the_flag(tmp_path):

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,17 @@ import onnx
 
 from bisector.backends.target import run_reference
 from bisector.checks.base import Artifact
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, frozen_shapes,
+                                          input_samples, weights_embedded)
 from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
 from bisector.commands.precision_sensitivity import NodeError, load_or_measure, sensitivity_order
 from bisector.commands.precision_trt import WeakEngineBuilder, layer_text, trtexec_flags
-from bisector.commands.reduce import input_samples, weights_embedded
-from bisector.data import load_inputs, save_inputs
-from bisector.errors import UserError
+from bisector.data import save_inputs
+from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.fingerprint import items_fingerprint
 from bisector.model.precision import lowerable_nodes, rewrite
 from bisector.model.prepare import Prepared, prepare
-from bisector.model.shapes import shapes_from_samples
 from bisector.strategies.base import Candidate
 from bisector.strategies.precision import PrecisionStrategy
 
@@ -54,15 +54,11 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "bf16", "int8")
 ORDERS = ("sensitivity", "topo")
-DEFAULT_ARTIFACT = "polygraphy_debug.onnx"
-INPUTS_NAME = "inputs.json"
 
 
 @dataclass
-class PrecisionOptions:
-    model: Path
+class PrecisionOptions(CandidateOptions):
     precision: str = "fp16"
-    output: Path | None = None
     mode: str = "auto"
     direction: str = "forward"
     order: str | None = None  # default: sensitivity for auto, topo for bisect/linear (Polygraphy's)
@@ -70,14 +66,6 @@ class PrecisionOptions:
     keep_always: frozenset[str] = frozenset()  # --keep-fp32: kept in every candidate, not searched
     verify_minimal: bool = False
     reference: str = "onnxrt"
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    load_inputs: list[Path] = field(default_factory=list)
-    seed: int = 1
-    val_range: dict[str, tuple[float, float]] | None = None
-    samples: int = 1
-    iter_artifact: str = DEFAULT_ARTIFACT
-    write_inputs: bool = True
-    weights: str = "auto"
     constraints: str | None = None  # TensorRT <= 10.11: "obey"/"prefer" builds weakly typed engines
 
     @property
@@ -89,9 +77,7 @@ class PrecisionOptions:
         return {"precision": self.precision, "mode": self.mode, "direction": self.direction,
                 "order": self.search_order, "realize": self.realize, "keep_always": sorted(self.keep_always),
                 "verify_minimal": self.verify_minimal, "reference": self.reference,
-                "input_shapes": self.input_shapes, "load_inputs": [str(p) for p in self.load_inputs],
-                "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
-                "iter_artifact": self.iter_artifact, "weights": self.weights, "constraints": self.constraints}
+                "constraints": self.constraints, **self.data_params()}
 
 
 # ---------------------------------------------------------------- materializer
@@ -169,13 +155,9 @@ class Setup:
 
 def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
     """Everything before the search; on resume the recording, calibration and errors are reused."""
-    if opts.precision not in PRECISIONS:
-        raise UserError(f"--precision {opts.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    one_of("--precision", opts.precision, PRECISIONS)
     root = Path(session_root)
-    shapes = dict(opts.input_shapes)
-    if opts.load_inputs and not shapes:
-        shapes = shapes_from_samples([s for p in opts.load_inputs[:1] for s in load_inputs(p)])
-    prepared = prepare(opts.model, shapes=shapes, weights_dir=root / "weights")
+    prepared = prepare(opts.model, shapes=frozen_shapes(opts), weights_dir=root / "weights")
     samples = input_samples(prepared, opts)
     inputs_file = save_inputs(samples, root / INPUTS_NAME)
     names = [n.name for n in prepared.model.graph.node]
@@ -206,8 +188,8 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
     likely = 0
     if opts.search_order == "sensitivity" and errors:
         items, likely = sensitivity_order(items, errors, names, opts.precision)
-    elif opts.search_order not in ORDERS:
-        raise UserError(f"--order {opts.order!r}: choose sensitivity or topo")
+    else:
+        one_of("--order", opts.search_order, ORDERS)
     strategy = PrecisionStrategy(items, mode=opts.mode, direction=opts.direction, names=names, likely=likely,
                                  verify_minimal=opts.verify_minimal)
     materializer = PrecisionMaterializer(prepared, names, samples, reference, opts, quantizer, inputs_file, engines)

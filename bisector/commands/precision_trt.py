@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bisector.backends.tensorrt import NetworkLayer
 from bisector.backends.trt_parse import RE_ONNX_LAYER, layer_precisions_arg
-from bisector.errors import UserError
+from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.prepare import Prepared
 
@@ -117,8 +117,7 @@ def precision_plan(layers: Iterable[NetworkLayer], keep: Collection[str], node_n
 
 def check_weak_typing(precision: str, constraints: str) -> None:
     """UserError unless this path can run here: fp16/bf16, obey/prefer, tensorrt <= 10.11 importable."""
-    if constraints not in CONSTRAINTS:
-        raise UserError(f"--precision-constraints {constraints!r}: choose obey or prefer")
+    one_of("--precision-constraints", constraints, CONSTRAINTS)
     if precision not in WEAK_PRECISIONS:
         raise UserError(f"--precision-constraints works with fp16 or bf16, not {precision}",
                         hint="int8 is searched with QDQ models: drop --precision-constraints")

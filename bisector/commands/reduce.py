@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +19,37 @@ import numpy as np
 
 from bisector.backends.record import ActivationStore, record_activations
 from bisector.checks.base import Artifact
-from bisector.data import generate_inputs, load_inputs, save_inputs
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, frozen_shapes, input_samples,
+                                          weights_embedded)
+from bisector.data import save_inputs
 from bisector.engine import Engine, Outcome
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.extract import SubgraphCutter
 from bisector.model.fingerprint import items_fingerprint
 from bisector.model.graph import GraphIndex
-from bisector.model.prepare import Prepared, default_specs, prepare
-from bisector.model.shapes import shapes_from_samples
+from bisector.model.prepare import Prepared, prepare
 from bisector.strategies.base import Candidate
 from bisector.strategies.reduce import ReduceStrategy
 
 log = logging.getLogger(__name__)
 
 CUT_FEEDS = ("recorded", "random", "constant")
-WEIGHT_MODES = ("auto", "link", "embed")
-DEFAULT_ARTIFACT = "polygraphy_debug.onnx"
-INPUTS_NAME = "inputs.json"
 
 
 @dataclass
-class ReduceOptions:
-    model: Path
-    output: Path | None = None
+class ReduceOptions(CandidateOptions):
     min_good: Path | None = None
     mode: str = "auto"
     reduce_inputs: bool = True
     reduce_outputs: bool = True
     verify_minimal: bool = False
     cut_feed: str = "recorded"
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    load_inputs: list[Path] = field(default_factory=list)
-    seed: int = 1
-    val_range: dict[str, tuple[float, float]] | None = None
-    samples: int = 1
-    fallback_shapes: bool = False
-    iter_artifact: str = DEFAULT_ARTIFACT
-    write_inputs: bool = True  # command checks need inputs.json; the compare check does not
-    weights: str = "auto"  # link | embed | auto (see weights_embedded)
 
     def params(self) -> dict[str, Any]:
         """What changes the search (compared on resume)."""
         return {"mode": self.mode, "reduce_inputs": self.reduce_inputs, "reduce_outputs": self.reduce_outputs,
-                "verify_minimal": self.verify_minimal, "cut_feed": self.cut_feed,
-                "input_shapes": self.input_shapes, "load_inputs": [str(p) for p in self.load_inputs],
-                "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
-                "iter_artifact": self.iter_artifact, "weights": self.weights}
+                "verify_minimal": self.verify_minimal, "cut_feed": self.cut_feed, **self.data_params()}
 
 
 class ReduceMaterializer:
@@ -113,23 +97,6 @@ class ReduceMaterializer:
                         weights_dir=self.prepared.weights_dir, description=f"{candidate.label} [{candidate.phase}]")
 
 
-def weights_embedded(mode: str, prepared: Prepared, command_check: bool = True) -> bool:
-    """Whether candidates carry a copy of the weights they use, rather than a link to the session's
-    weight file.
-
-    ``auto`` links for the in-process compare check (onnxruntime reads hard-linked weights: bytes
-    per iteration stay independent of the weights) and for weights of 64 MiB and more. Below that,
-    candidates handed to a command check embed their weights, because ``onnx.load`` refuses
-    hard-linked external data ("potential hardlink attack") and a check that calls it, directly or
-    through a tool, would fail every candidate for that reason alone.
-    """
-    if mode not in WEIGHT_MODES:
-        raise UserError(f"--weights {mode!r}: choose one of {', '.join(WEIGHT_MODES)}")
-    if mode == "auto":
-        return command_check and mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES
-    return mode == "embed"
-
-
 def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, sample, zlib.crc32(name.encode())])
     if value.dtype.kind == "f":
@@ -139,28 +106,9 @@ def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.nda
     return np.asarray(value).copy()
 
 
-def input_samples(prepared: Prepared, opts: ReduceOptions) -> list[dict[str, np.ndarray]]:
-    if opts.load_inputs:
-        samples = [s for p in opts.load_inputs for s in load_inputs(p)]
-        if not samples:
-            raise UserError(f"{opts.load_inputs[0]}: holds no input samples")
-        expected = set(default_specs(prepared.model))
-        for s in samples:
-            unknown = set(s) - expected
-            if unknown:
-                raise UserError(f"--load-inputs has data for {', '.join(sorted(unknown))}, which the model has "
-                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected))}")
-        return samples
-    return generate_inputs(default_specs(prepared.model), samples=opts.samples, seed=opts.seed,
-                           val_range=opts.val_range)
-
-
 def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStrategy, ReduceMaterializer]:
     """Everything before the search; cheap on resume (the recording is reused)."""
-    shapes = dict(opts.input_shapes)
-    if opts.load_inputs and not shapes:
-        shapes = shapes_from_samples([s for p in opts.load_inputs[:1] for s in load_inputs(p)])
-    prepared = prepare(opts.model, shapes=shapes, weights_dir=session_root / "weights")
+    prepared = prepare(opts.model, shapes=frozen_shapes(opts), weights_dir=session_root / "weights")
     samples = input_samples(prepared, opts)
     store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations")
     index = GraphIndex(prepared.model)
