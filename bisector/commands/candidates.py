@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from bisector.data import generate_inputs, load_inputs
 from bisector.errors import UserError, one_of
@@ -59,20 +60,26 @@ def frozen_shapes(opts: CandidateOptions) -> dict[str, list[int]]:
 
 
 def input_samples(prepared: Prepared, opts: CandidateOptions) -> list[dict[str, np.ndarray]]:
-    """Every loaded sample (names checked against the model's inputs), or generated ones."""
-    if opts.load_inputs:
-        samples = [s for p in opts.load_inputs for s in load_inputs(p)]
-        if not samples:
-            raise UserError(f"{opts.load_inputs[0]}: holds no input samples")
-        expected = set(default_specs(prepared.model))
-        for s in samples:
+    """The samples every candidate of a search runs on: see :func:`model_samples`."""
+    return model_samples(prepared.model, opts.load_inputs, opts.samples, opts.seed, opts.val_range)
+
+
+def model_samples(model: onnx.ModelProto, load: list[Path] | None, samples: int = 1, seed: int = 1,
+                  val_range=None) -> list[dict[str, np.ndarray]]:
+    """Every sample of the ``--load-inputs`` files (names checked against the model's inputs), or
+    ``samples`` generated ones (``--seed``, ``--val-range``)."""
+    expected = set(default_specs(model))
+    if load:
+        data = [s for p in load for s in load_inputs(p)]
+        if not data:
+            raise UserError(f"{load[0]}: holds no input samples")
+        for s in data:
             unknown = set(s) - expected
             if unknown:
                 raise UserError(f"--load-inputs has data for {', '.join(sorted(unknown))}, which the model has "
-                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected))}")
-        return samples
-    return generate_inputs(default_specs(prepared.model), samples=opts.samples, seed=opts.seed,
-                           val_range=opts.val_range)
+                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected)) or 'none'}")
+        return data
+    return generate_inputs(default_specs(model), samples=samples, seed=seed, val_range=val_range)
 
 
 def weights_embedded(mode: str, prepared: Prepared, command_check: bool = True) -> bool:

@@ -15,12 +15,13 @@ import numpy as np
 import onnx
 
 from bisector.backends.target import Target, run_reference
+from bisector.commands.candidates import model_samples
 from bisector.comparator import CompareConfig, SamplesComparison, compare_samples
-from bisector.data import generate_inputs, load_inputs
+from bisector.data import load_inputs
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.graph import name_nodes, toposort
-from bisector.model.shapes import freeze_inputs, input_specs, shapes_from_samples
+from bisector.model.shapes import freeze_inputs, shapes_from_samples
 
 
 @dataclass
@@ -63,20 +64,6 @@ def load_model(path: Path, shapes: dict[str, list[int]], samples_for_shapes=None
     return model
 
 
-def samples_for(model: onnx.ModelProto, load: list[Path] | None, samples: int, seed: int, val_range):
-    if load:
-        data = [s for p in load for s in load_inputs(p)]
-        expected = set(input_specs(model))
-        for s in data:
-            unknown = set(s) - expected
-            if unknown:
-                raise UserError(f"the inputs file has data for {', '.join(sorted(unknown))}, which the model has "
-                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected)) or 'none'}")
-        return data
-    specs = {k: (dt, [int(d) for d in dims]) for k, (dt, dims) in input_specs(model).items()}
-    return generate_inputs(specs, samples=samples, seed=seed, val_range=val_range)
-
-
 def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: dict[str, list[int]],
                 load: list[Path] | None = None, samples: int = 1, seed: int = 1, val_range=None,
                 reference: str = "onnxrt", reference_outputs=None) -> CompareRun:
@@ -86,7 +73,7 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
     if unknown:
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
-    data = samples_for(model, load, samples, seed, val_range)
+    data = model_samples(model, load, samples, seed, val_range)
     with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:
         ref = reference_outputs or run_reference(reference, model, path.parent, Path(tmp), data)
         out = target.run(model, path.parent, Path(tmp), data, output_names=list(ref[0]))
