@@ -3,11 +3,11 @@ reading what it leaves behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import contextlib
 import textwrap
 from pathlib import Path
 
@@ -28,6 +28,22 @@ def faulty(fault: str = "scale:relu4") -> list[str]:
     """The fixture check that makes ``fault`` break the model (see fixtures/faulty_check.py)."""
     return [sys.executable, "-m", "fixtures.faulty_check", "polygraphy_debug.onnx", "--fault", fault,
             "--load-inputs", "inputs.json"]
+
+
+def journal(session: Path, torn_ok: bool = False) -> list[dict]:
+    """The session's journal entries ([] before it exists). Every line must be a complete JSON entry,
+    unless ``torn_ok``: after a kill -9 the last line may be torn (the journal's reader skips it too)."""
+    path = session / "journal.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if not torn_ok:
+                raise
+    return out
 
 
 def report(session: Path) -> dict:

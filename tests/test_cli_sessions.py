@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report, tmpfs
+from tests.helpers import (ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, journal, one_error_line,
+                           report, tmpfs)
 
 REPORT_KEYS = {"strategy", "checks", "verdicts", "elapsed_s", "result", "iterations"}
-
-
-def journal(session: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (session / "journal.jsonl").read_text().splitlines() if ln.strip()]
 
 
 # ------------------------------------------------------------------------------------- a missing check

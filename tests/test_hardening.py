@@ -5,7 +5,6 @@ search ends is cancelled cleanly."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, one_error_line, report, tmpfs
-
-
-def journal(session: Path) -> list[dict]:
-    """Every line must be a complete JSON entry."""
-    path = session / "journal.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+from tests.helpers import (ENV, EXIT_STOPPED, SCRIPTS, bisector, executable, faulty, journal, one_error_line,
+                           report, tmpfs)
 
 
 def gone(pid: int) -> bool:

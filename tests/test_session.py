@@ -20,20 +20,9 @@ import onnx
 import pytest
 
 from fixtures.models import make_chain, make_diamond
-from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, faulty, one_error_line, report
+from tests.helpers import ENV, EXIT_STOPPED, SCRIPTS, bisector, faulty, journal, one_error_line, report
 
 SLOW_FAULTY = str(SCRIPTS / "slow_faulty.py")
-
-
-def journal(session: Path) -> list[dict]:
-    path = session / "journal.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a torn line (the journal's reader skips it too)
-    return out
 
 
 def reduce_chain(tmp_path: Path, session: str = "s", *extra: str) -> subprocess.CompletedProcess:
@@ -105,7 +94,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_answer(tmp_
     assert got["nodes"] == expected["nodes"]
     assert got["node_names"] == expected["node_names"]
 
-    entries = journal(session)
+    entries = journal(session, torn_ok=True)
     checked = Counter(e["fingerprint"] for e in entries if e["source"] == "check")
     assert max(checked.values()) == 1, "a verdict was journaled twice"
     assert {e["fingerprint"]: e["verdict"] for e in journal(tmp_path / "ref")}.items() >= \
