@@ -111,6 +111,7 @@ class Engine:
             log.warning("-j %d ignored: a person answers one question at a time, only about what the search "
                         "needs (no speculation); running with -j 1", self.jobs)
             self.jobs = 1
+        strategy.lookahead = self.jobs - 1  # the guesses that can run beside each ask, and no more
         self.devices = devices or []
         self.artifacts = artifacts or []
         self.keep_intermediate = keep_intermediate

@@ -24,9 +24,12 @@ Driving a strategy by hand, on a plain predicate::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable
+from itertools import islice
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from bisector.checks.base import Verdict
+
+DEFAULT_LOOKAHEAD = 2  # guesses per ask when no engine says how many checks run at once
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Strategy:
 
     def __init__(self) -> None:
         self.progress = Progress()
+        self.lookahead = DEFAULT_LOOKAHEAD  # guesses kept per ask; the engine sets jobs - 1
 
     def endpoints(self) -> tuple[Candidate, Candidate | None]:
         """(the candidate that must fail, the trivial candidate that must pass or None)."""
@@ -88,10 +92,14 @@ class Strategy:
         return {}
 
     def ask(self, candidate: Candidate, speculate: Iterable[Candidate] = ()) -> Ask:
-        """Build the Ask for ``candidate`` and count it against its phase."""
+        """Build the Ask for ``candidate`` and count it against its phase.
+
+        ``speculate`` is read lazily, most likely first, and only ``self.lookahead`` guesses are
+        built: with ``-j 1`` none are.
+        """
         self.progress.phase = candidate.phase
         self.progress.phases[candidate.phase] = self.progress.phases.get(candidate.phase, 0) + 1
-        return Ask(candidate, tuple(speculate))
+        return Ask(candidate, tuple(islice(speculate, max(0, self.lookahead))))
 
     def on_verdict(self, candidate: Candidate, verdict: Verdict) -> None:
         """Hook: called with every verdict the search receives (bookkeeping only)."""
@@ -129,32 +137,51 @@ def bisect(lo: int, hi: int, make: Callable[[int], Candidate], ask: Callable[...
     from the search, as ``git bisect skip`` does, and the next untested position nearest the
     middle is tried instead.
 
-    Guesses for ``-j N`` are the midpoints of both halves, the half the last verdict moved towards
-    first: a culprit near one end moves the same end again and again, so ``-j 2``'s one guess
-    then keeps paying off.
+    Guesses for ``-j N`` are the positions the next asks would test (see :func:`_lookahead`).
     """
     skipped: set[int] = set()
     moved_lo = False  # which end the last verdict moved: the guesses bet on it moving again
     while True:
-        open_ = [x for x in range(lo + 1, hi) if x not in skipped]
-        if not open_:
+        mid = _middle(lo, hi, skipped)
+        if mid is None:
             return lo, hi
-        mid = (lo + hi) // 2
-        mid = min(open_, key=lambda x: (abs(x - mid), x))
-        progress.remaining = ceil_log2(len(open_) + 1)
-        spec = []
-        halves = ((mid, hi), (lo, mid)) if moved_lo else ((lo, mid), (mid, hi))
-        for a, b in halves:
-            m = (a + b) // 2
-            if a < m < b and m not in skipped:
-                spec.append(make(m))
-        verdict = yield ask(make(mid), spec)
+        progress.remaining = ceil_log2(sum(1 for x in range(lo + 1, hi) if x not in skipped) + 1)
+        verdict = yield ask(make(mid), (make(x) for x in _lookahead(lo, mid, hi, moved_lo, skipped)))
         if verdict == Verdict.SKIP:
             skipped.add(mid)
         elif (verdict == Verdict.BAD) == (bad_side == "high"):
             hi, moved_lo = mid, False
         else:
             lo, moved_lo = mid, True
+
+
+def _middle(lo: int, hi: int, skipped: set[int]) -> int | None:
+    """The untested position of ``lo < x < hi`` nearest the middle (the smaller on a tie)."""
+    mid = (lo + hi) // 2
+    if lo < mid < hi and mid not in skipped:
+        return mid
+    open_ = [x for x in range(lo + 1, hi) if x not in skipped]
+    return min(open_, key=lambda x: (abs(x - mid), x)) if open_ else None
+
+
+def _lookahead(lo: int, mid: int, hi: int, moved_lo: bool, skipped: set[int]) -> Iterator[int]:
+    """The positions bisect tests after ``mid``, level by level of its decision tree, so the most
+    likely come first: the two of the next step, then the four of the step after, and so on.
+
+    Within a level the bet is that the last verdict's end moves again: a culprit near one end moves
+    the same end again and again, so ``-j 2``'s one guess keeps paying off there.
+    """
+    level = [(mid, hi, True), (lo, mid, False)] if moved_lo else [(lo, mid, False), (mid, hi, True)]
+    while level:
+        nxt = []
+        for a, b, went_lo in level:
+            m = _middle(a, b, skipped)
+            if m is None:
+                continue
+            yield m
+            pair = [(m, b, True), (a, m, False)]
+            nxt += pair if went_lo else pair[::-1]
+        level = nxt
 
 
 def ddmin(items: list, make: Callable[[list], Candidate], ask: Callable[..., Ask],
@@ -176,8 +203,8 @@ def ddmin(items: list, make: Callable[[list], Candidate], ask: Callable[..., Ask
         for k, chunk in enumerate(chunks):
             progress.remaining = max(1, len(chunks) - k) + ceil_log2(len(current))
             rest = [x for x in current if x not in set(chunk)]
-            spec = [make([x for x in current if x not in set(c)]) for c in chunks[k + 1:k + 3]]
-            verdict = yield ask(make(rest), spec)
+            later = (make([x for x in current if x not in set(c)]) for c in chunks[k + 1:])
+            verdict = yield ask(make(rest), later)
             if verdict == Verdict.BAD:
                 current = rest
                 n = max(n - 1, 2)

@@ -6,6 +6,8 @@ and assert the exact answer, not just a property of it.
 
 from __future__ import annotations
 
+from itertools import islice
+
 import pytest
 
 from bisector.checks.base import Verdict
@@ -36,17 +38,47 @@ def pos(x: int) -> Candidate:
     return Candidate(frozenset({x}), label=f"at {x}")
 
 
+def asker(lookahead: int):
+    """``Strategy.ask`` without a strategy: keeps the first ``lookahead`` guesses."""
+    return lambda candidate, speculate=(): Ask(candidate, tuple(islice(speculate, lookahead)))
+
+
+ask2 = asker(2)  # -j 3
+
+
 # ------------------------------------------------------------------------------------- bisect
 def test_bisect_finds_the_first_bad_position():
-    result, asks = run_search(bisect(-1, 15, pos, Ask, Progress()), lambda it: B if min(it) >= 9 else G)
+    result, asks = run_search(bisect(-1, 15, pos, ask2, Progress()), lambda it: B if min(it) >= 9 else G)
     assert result == (8, 9)
     assert [min(a.candidate.items) for a in asks] == [7, 11, 9, 8]
     assert len(asks) <= ceil_log2(16)
 
 
 def test_bisect_speculates_on_both_next_midpoints():
-    _, asks = run_search(bisect(-1, 15, pos, Ask, Progress()), lambda it: B if min(it) >= 9 else G)
+    _, asks = run_search(bisect(-1, 15, pos, ask2, Progress()), lambda it: B if min(it) >= 9 else G)
     assert [sorted(min(c.items) for c in a.speculate) for a in asks[:2]] == [[3, 11], [9, 13]]
+
+
+def test_bisect_guesses_deeper_levels_for_more_jobs_most_likely_first():
+    """-j 7: the two positions of the next step, then the four of the step after, each level
+    betting that the end the last verdict moved moves again."""
+    _, asks = run_search(bisect(-1, 15, pos, asker(6), Progress()), lambda it: B if min(it) >= 9 else G)
+    assert [min(c.items) for c in asks[0].speculate] == [3, 11, 1, 5, 13, 9]
+    assert [min(c.items) for c in asks[1].speculate] == [13, 9, 14, 12, 8, 10]  # 7 was good: lo moved
+    # Whatever the verdicts, the next ask is always among the guesses made before it.
+    for a, b in zip(asks, asks[1:]):
+        assert b.candidate.items in {c.items for c in a.speculate}
+
+
+def test_no_guess_is_built_with_one_job():
+    made = []
+
+    def make(x):
+        made.append(x)
+        return pos(x)
+
+    _, asks = run_search(bisect(-1, 1000, make, asker(0), Progress()), lambda it: B if min(it) >= 9 else G)
+    assert made == [min(a.candidate.items) for a in asks]  # only what was asked
 
 
 def test_bisect_skips_like_git_bisect_skip():
@@ -55,7 +87,7 @@ def test_bisect_skips_like_git_bisect_skip():
         x = min(items)
         return S if x in (8, 9) else (B if x >= 9 else G)
 
-    result, asks = run_search(bisect(-1, 15, pos, Ask, Progress()), verdict)
+    result, asks = run_search(bisect(-1, 15, pos, ask2, Progress()), verdict)
     assert result == (7, 10)
     asked = [min(a.candidate.items) for a in asks]
     assert asked == [7, 11, 9, 8, 10]
@@ -63,18 +95,18 @@ def test_bisect_skips_like_git_bisect_skip():
 
 
 def test_bisect_all_skipped_returns_the_endpoints():
-    result, asks = run_search(bisect(0, 6, pos, Ask, Progress()), lambda it: S)
+    result, asks = run_search(bisect(0, 6, pos, ask2, Progress()), lambda it: S)
     assert result == (0, 6)
     assert sorted(min(a.candidate.items) for a in asks) == [1, 2, 3, 4, 5]
 
 
 def test_bisect_bad_side_low_finds_the_last_bad_position():
-    result, _ = run_search(bisect(0, 12, pos, Ask, Progress(), bad_side="low"), lambda it: B if min(it) <= 4 else G)
+    result, _ = run_search(bisect(0, 12, pos, ask2, Progress(), bad_side="low"), lambda it: B if min(it) <= 4 else G)
     assert result == (4, 5)
 
 
 def test_bisect_with_nothing_between_asks_nothing():
-    result, asks = run_search(bisect(3, 4, pos, Ask, Progress()), lambda it: pytest.fail("asked"))
+    result, asks = run_search(bisect(3, 4, pos, ask2, Progress()), lambda it: pytest.fail("asked"))
     assert result == (3, 4) and asks == []
 
 
@@ -84,14 +116,14 @@ def subset(items) -> Candidate:
 
 
 def test_ddmin_exact_pair():
-    result, asks = run_search(ddmin(list(range(20)), subset, Ask, Progress()), fails_if_all({3, 17}))
+    result, asks = run_search(ddmin(list(range(20)), subset, ask2, Progress()), fails_if_all({3, 17}))
     assert result == [3, 17]
     # ddmin may ask again for a candidate it saw (the engine's cache answers): count distinct ones
     assert len({a.candidate.items for a in asks}) <= 2 * 2 * ceil_log2(20)
 
 
 def test_ddmin_single_culprit_costs_about_2_log2_n():
-    result, asks = run_search(ddmin(list(range(64)), subset, Ask, Progress()), fails_if_all({41}))
+    result, asks = run_search(ddmin(list(range(64)), subset, ask2, Progress()), fails_if_all({41}))
     assert result == [41]
     assert len(asks) <= 2 * ceil_log2(64)
 
@@ -103,18 +135,18 @@ def test_ddmin_skip_means_cannot_remove():
             return S
         return B if {3, 17} <= items else G
 
-    result, _ = run_search(ddmin(list(range(20)), subset, Ask, Progress()), verdict)
+    result, _ = run_search(ddmin(list(range(20)), subset, ask2, Progress()), verdict)
     assert result == [3, 5, 17]
 
 
 def test_ddmin_all_skipped_keeps_everything():
-    result, _ = run_search(ddmin(list(range(6)), subset, Ask, Progress()), lambda it: S)
+    result, _ = run_search(ddmin(list(range(6)), subset, ask2, Progress()), lambda it: S)
     assert result == list(range(6))
 
 
 def test_ddmin_result_is_one_minimal_for_three_culprits():
     pred = fails_if_all({0, 9, 10})
-    result, _ = run_search(ddmin(list(range(16)), subset, Ask, Progress()), pred)
+    result, _ = run_search(ddmin(list(range(16)), subset, ask2, Progress()), pred)
     assert result == [0, 9, 10]
 
 
