@@ -98,7 +98,7 @@ def check_writable(path: Optional[Path]) -> None:
 
 
 def _compare_config(c: CompareOptions):
-    from bisector.comparator import CompareConfig
+    from bisector.comparator_config import CompareConfig
 
     return CompareConfig.from_flags(atol=c.atol, rtol=c.rtol, check_error_stat=c.check_error_stat,
                                     error_quantile=c.error_quantile, validate=c.validate)
