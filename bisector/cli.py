@@ -99,7 +99,7 @@ def check_writable(path: Optional[Path]) -> None:
 
 
 def _compare_config(c: CompareOptions):
-    from bisector.comparator import CompareConfig
+    from bisector.comparator_config import CompareConfig
 
     return CompareConfig.from_flags(atol=c.atol, rtol=c.rtol, check_error_stat=c.check_error_stat,
                                     error_quantile=c.error_quantile, validate=c.validate)
@@ -142,7 +142,8 @@ def build_check(chk: CheckOptions, cmp: CompareOptions):
     if len(given) > 1:
         raise UserError(f"{given[0]} and {given[1]} exclude each other: give one kind of check")
     if _check_argv is not None:
-        from bisector.checks.command import CommandCheck, VerdictRules
+        from bisector.checks.command import CommandCheck
+        from bisector.checks.verdict_rules import VerdictRules
 
         rules = VerdictRules(fail_codes=chk.fail_code, ignore_fail_codes=chk.ignore_fail_code,
                              fail_regexes=chk.fail_regex)

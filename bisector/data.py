@@ -93,7 +93,7 @@ def polygraphy_class(dct: Mapping[str, Any]) -> str | None:
     """The class Polygraphy's JSON encoder marked ``dct`` with, or None: ``"polygraphy_class": C``,
     or the legacy markers ``"polygraphy_serialized_json_type": C`` and
     ``"__polygraphy_encoded_C": "polygraphy_serialized_json_type"``. Used by ``data`` and
-    ``backends.trt_parse`` (tactic replay files)."""
+    ``backends.trt_replay`` (tactic replay files)."""
     if TYPE_KEY in dct:
         return dct[TYPE_KEY]
     if isinstance(dct.get(LEGACY_TYPE_KEY), str):

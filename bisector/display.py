@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bisector.comparator import Comparison, OutputComparison, SamplesComparison
+from bisector.comparator_results import Comparison, OutputComparison, SamplesComparison
 
 BAR_WIDTH = 30  # characters of the longest histogram bar
 STAT_ROWS = ("max", "mean", "median", "quantile")

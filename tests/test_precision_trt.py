@@ -19,7 +19,7 @@ import pytest
 from bisector import cli
 from bisector.backends import tensorrt as trt_backend
 from bisector.backends.tensorrt import NetworkLayer, require_weak_typing
-from bisector.backends.trt_parse import parse_layer_precisions_arg
+from bisector.backends.trtexec_args import parse_layer_precisions_arg
 from bisector.commands.precision_trt import (
     ENGINE_ARTIFACT,
     LayerConstraint,

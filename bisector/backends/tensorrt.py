@@ -3,7 +3,8 @@ Forcing tactics through the editable timing cache is in ``trt_cache``.
 
 Written against the documented Python API (../shared/notes/TENSORRT.md); TensorRT cannot be
 installed on the development machines, so this module is only exercised by tests that skip there.
-Text formats (inspector JSON, VERBOSE log, tactic replay) are parsed in ``trt_parse``.
+Text formats are parsed without tensorrt: inspector JSON and the VERBOSE log in ``trt_parse``,
+Polygraphy's tactic replay in ``trt_replay``.
 
 Example::
 

@@ -1,6 +1,6 @@
 """TensorRT text formats, parsed without the tensorrt module (so they are tested here).
 
-Four formats, each with where its shape comes from:
+Two formats, each with where its shape comes from:
 
 - Engine inspector output (``IEngineInspector.get_engine_information`` / ``get_layer_information``
   with ``LayerInformationFormat.JSON``; also ``trtexec --exportLayerInfo``): the developer guide's
@@ -13,14 +13,14 @@ Four formats, each with where its shape comes from:
 - The VERBOSE build log's autotuning lines, which map a network op to its timing-cache key and
   chosen tactic (the only place that mapping exists), as read by NVIDIA's
   sampleEditableTimingCache. Not a stable interface: every assumption is a named regex below.
-- Polygraphy's ``TacticReplayData`` JSON (``--save-tactics``), decoded without tensorrt.
-- trtexec's ``--layerPrecisions`` / ``--layerOutputTypes`` values.
+
+Polygraphy's tactic replay JSON is read in ``trt_replay``, trtexec's ``--layerPrecisions`` /
+``--layerOutputTypes`` values are written in ``trtexec_args``; neither needs tensorrt either.
 
 Example::
 
     layers = parse_layer_information(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     records = parse_autotune_log(Path("build.log").read_text().splitlines())
-    layer_precisions_arg({"*": "fp16", "/head/MatMul": "fp32"})  # '--layerPrecisions=*:fp16,/head/MatMul:fp32'
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bisector.data import TYPE_KEY, polygraphy_class
 from bisector.errors import UserError
 
 # ---------------------------------------------------------------- build-log regexes
@@ -75,10 +74,6 @@ DTYPE_WORDS = (
     ("fp32", "fp32"), ("float32", "fp32"), ("double", "fp64"), ("int64", "int64"), ("int32", "int32"),
     ("int8", "int8"), ("uint8", "uint8"), ("int4", "int4"), ("bool", "bool"),
 )
-
-TRTEXEC_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int32", "int64", "bool", "uint8", "int4")
-PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16",
-                     "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -338,149 +333,3 @@ def _float(text: str | None) -> float | None:
 
 def is_timing_key(text: str) -> bool:
     return bool(RE_TIMING_KEY.match(text))
-
-
-# ---------------------------------------------------------------- Polygraphy TacticReplayData
-@dataclass(frozen=True)
-class ReplayTensor:
-    """Polygraphy's TensorInfo. ``dtype`` is the DataType member name (FLOAT, HALF, ...)."""
-
-    dtype: str
-    strides: tuple[int, ...] = ()
-    vectorized_dim: int | None = None
-    components_per_element: int | None = None
-
-
-@dataclass(frozen=True)
-class ReplayAlgorithm:
-    """Polygraphy's Algorithm: one layer's implementation, tactic and I/O formats."""
-
-    implementation: int
-    tactic: int
-    inputs: tuple[ReplayTensor, ...] = ()
-    outputs: tuple[ReplayTensor, ...] = ()
-
-
-def _expect(obj: Any, cls: str, what: str) -> Mapping:
-    if not isinstance(obj, Mapping):
-        raise UserError(f"tactic replay: {what} is not an object")
-    found = polygraphy_class(obj)
-    if found is not None and found != cls:
-        raise UserError(f"tactic replay: {what} is a {found}, expected {cls}")
-    return obj
-
-
-def parse_tactic_replay(obj: str | bytes | Mapping) -> dict[str, ReplayAlgorithm]:
-    """Decode a Polygraphy tactic replay file (``{"replay": {layer: Algorithm}}``) into
-    ``{layer: ReplayAlgorithm}``, keeping file order. No tensorrt needed: ``"DataType.FLOAT"`` is
-    kept as the name ``FLOAT``. Raises UserError on a malformed file."""
-    if isinstance(obj, (str, bytes)):
-        try:
-            obj = json.loads(obj)
-        except ValueError as exc:
-            raise UserError(f"tactic replay: not JSON ({exc})") from None
-    top = _expect(obj, "TacticReplayData", "the file")
-    replay = top.get("replay")
-    if not isinstance(replay, Mapping):
-        raise UserError("tactic replay: no 'replay' object", hint="is this a Polygraphy --save-tactics file?")
-    out = {}
-    for layer, algo in replay.items():
-        a = _expect(algo, "Algorithm", f"layer {layer!r}")
-        try:
-            out[str(layer)] = ReplayAlgorithm(
-                int(a["implementation"]), int(a["tactic"]),
-                tuple(_replay_tensor(t, f"layer {layer!r} input") for t in a.get("inputs") or ()),
-                tuple(_replay_tensor(t, f"layer {layer!r} output") for t in a.get("outputs") or ()))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"tactic replay: layer {layer!r} is malformed ({exc!r})") from None
-    return out
-
-
-def _replay_tensor(obj: Any, what: str) -> ReplayTensor:
-    t = _expect(obj, "TensorInfo", what)
-    dtype = str(t["dtype"]).rpartition(".")[2]
-    vd, cpe = t.get("vectorized_dim"), t.get("components_per_element")
-    return ReplayTensor(dtype, tuple(int(s) for s in t.get("strides") or ()),
-                        None if vd is None else int(vd), None if cpe is None else int(cpe))
-
-
-def tactic_replay_to_json(replay: Mapping[str, ReplayAlgorithm]) -> dict[str, Any]:
-    """The JSON object Polygraphy writes for ``replay`` (pass it to ``json.dump``); class markers on
-    every nested object, as Polygraphy's encoder adds them."""
-    def tensor(t: ReplayTensor) -> dict[str, Any]:
-        return {"dtype": f"DataType.{t.dtype}", "strides": list(t.strides), "vectorized_dim": t.vectorized_dim,
-                "components_per_element": t.components_per_element, TYPE_KEY: "TensorInfo"}
-
-    return {"replay": {name: {"implementation": a.implementation, "tactic": a.tactic,
-                              "inputs": [tensor(t) for t in a.inputs],
-                              "outputs": [tensor(t) for t in a.outputs], TYPE_KEY: "Algorithm"}
-                       for name, a in replay.items()},
-            TYPE_KEY: "TacticReplayData"}
-
-
-# ---------------------------------------------------------------- trtexec precision flags
-def layer_precisions_arg(mapping: Mapping[str, str | Sequence[str]], flag: str = "--layerPrecisions") -> str:
-    """One argv element for trtexec: ``--layerPrecisions=*:fp16,name:fp32``.
-
-    Grammar (trtexec --help, TensorRT samples/common/sampleOptions.cpp): ``spec ::= layerName":"
-    precision[","spec]``, read left to right with later entries winning, ``*`` the default for
-    unlisted layers. trtexec splits the value at every ``,`` first (no escape exists). Then, in
-    10.x, a pair holding single quotes must hold exactly two, and the name is what they enclose
-    (``'a:b':fp32``); without quotes, and in 8.x, the name is everything before the *last* ``:``,
-    with single quotes removed. So a name holding ``:`` is written in single quotes, which both
-    readings take as the same name; a name holding ``,`` or ``'`` (or an empty name) cannot be
-    expressed: ValueError naming it. Precisions: fp32 fp16 bf16 int8 fp8 int32 int64 bool uint8
-    int4. For ``flag="--layerOutputTypes"`` a value may be a list, one type per output, joined by
-    ``+``. Both need ``--precisionConstraints=obey|prefer`` and a weakly typed build (TensorRT <=
-    10.x). ``*`` is written first so explicit names override it. The result is one argv element:
-    quote it for a shell (``shlex.quote``), since names may hold spaces or ``"``.
-
-    >>> layer_precisions_arg({"/enc/MatMul:0": "fp32", "*": "fp16"})
-    "--layerPrecisions=*:fp16,'/enc/MatMul:0':fp32"
-    """
-    if flag not in ("--layerPrecisions", "--layerOutputTypes"):
-        raise ValueError(f"unknown trtexec flag {flag!r}")
-    items = sorted(mapping.items(), key=lambda kv: kv[0] != "*")
-    parts = []
-    for name, value in items:
-        if not name or "," in name or "'" in name:
-            why = "an empty name" if not name else "trtexec splits at every ',' and reads ' as a quote"
-            raise ValueError(f"trtexec {flag} cannot name layer {name!r} ({why}); set its precision through "
-                             "the TensorRT Python API instead")
-        values = [value] if isinstance(value, str) else list(value)
-        if flag == "--layerPrecisions" and len(values) != 1:
-            raise ValueError(f"--layerPrecisions takes one precision per layer, got {value!r} for {name!r}")
-        try:
-            types = "+".join(_trtexec_precision(v) for v in values)
-        except ValueError as exc:
-            raise ValueError(f"layer {name!r}: {exc}") from None
-        parts.append(f"'{name}':{types}" if ":" in name else f"{name}:{types}")
-    return f"{flag}={','.join(parts)}"
-
-
-def parse_layer_precisions_arg(text: str) -> dict[str, str]:
-    """The inverse of :func:`layer_precisions_arg`, read as trtexec 10.x reads it (value or whole
-    arg): split at ``,``; a pair with two single quotes names what they enclose, else the name is
-    everything before the last ``:``."""
-    if text.startswith("--"):
-        text = text.partition("=")[2]
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        quoted = part.split("'")
-        if len(quoted) == 3 and quoted[2].startswith(":"):
-            out[quoted[0] + quoted[1]] = quoted[2][1:]
-            continue
-        if len(quoted) != 1:
-            raise ValueError(f"layer precision {part!r}: trtexec expects two single quotes or none")
-        name, sep, value = part.rpartition(":")
-        if not sep:
-            raise ValueError(f"no ':' in layer precision {part!r}")
-        out[name] = value
-    return out
-
-
-def _trtexec_precision(value: str) -> str:
-    v = PRECISION_ALIASES.get(value.strip().lower(), value.strip().lower())
-    if v not in TRTEXEC_PRECISIONS:
-        raise ValueError(f"trtexec knows no precision {value!r} (one of {', '.join(TRTEXEC_PRECISIONS)})")
-    return v

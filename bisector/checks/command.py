@@ -1,8 +1,9 @@
 """The command check: run the user's command on the artifact; its exit code and output decide.
 
 Verdict rules are Polygraphy's ``--check`` rules (``--fail-code``, ``--ignore-fail-code``,
-``--fail-regex``; see :func:`decide`) plus git bisect's exit 125 = skip, so a pasted
-``polygraphy debug ... --check <cmd>`` command line gives the same verdicts here.
+``--fail-regex``; see ``verdict_rules.decide``) plus git bisect's exit 125 = skip, so a pasted
+``polygraphy debug ... --check <cmd>`` command line gives the same verdicts here. The command's
+process group is started and ended by ``process_group``.
 
 Example::
 
@@ -14,107 +15,26 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Pattern
 
 from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.process_group import die_with_parent, kill_group, signal_group
+from bisector.checks.verdict_rules import SKIP_EXIT_CODE, VerdictRules, decide
 from bisector.errors import SessionAborted, UserError
 
-log = logging.getLogger(__name__)
-
-SKIP_EXIT_CODE = 125  # git bisect run: "the source code at hand cannot be tested"
 CHECK_LOG_NAME = "check.log"  # full merged output, in the artifact's workdir
 DEFAULT_TAIL_CHARS = 4000  # how much output a CheckResult (and the journal) keeps
-KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the check's process group
 POLL_S = 0.05  # how often a running check looks for a timeout or terminate()
 TAIL_BYTES_PER_CHAR = 4  # utf-8 worst case, to read only the tail when no regex needs it all
 ON_FAILURE_CHOICES = ("bad", "skip", "abort")  # for on_timeout / on_crash
-PROC_DIR = "/proc"  # Linux: tells running group members from zombies
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 PLACEHOLDERS = ("{artifact}", "{inputs}", "{iteration}", "{session}")
-
-
-@dataclass(frozen=True)
-class VerdictRules:
-    """Which exit codes and outputs count as failures (Polygraphy's flags, same semantics).
-
-    ``fail_codes`` = ``--fail-code``, ``ignore_fail_codes`` = ``--ignore-fail-code`` (they exclude
-    each other: ``UserError``), ``fail_regexes`` = ``--fail-regex`` (strings or compiled patterns,
-    searched with ``re.search``, no flags). ``None`` means the flag was not given.
-    """
-
-    fail_codes: tuple[int, ...] | None = None
-    ignore_fail_codes: tuple[int, ...] | None = None
-    fail_regexes: tuple[Pattern[str], ...] | None = None
-
-    def __init__(
-        self,
-        fail_codes: Iterable[int] | None = None,
-        ignore_fail_codes: Iterable[int] | None = None,
-        fail_regexes: Iterable[str | Pattern[str]] | None = None,
-    ):
-        if fail_codes is not None and ignore_fail_codes is not None:
-            raise UserError(
-                "--fail-code and --ignore-fail-code exclude each other",
-                hint="keep one of them, as in Polygraphy",
-            )
-        object.__setattr__(self, "fail_codes", None if fail_codes is None else tuple(fail_codes))
-        object.__setattr__(
-            self, "ignore_fail_codes", None if ignore_fail_codes is None else tuple(ignore_fail_codes)
-        )
-        object.__setattr__(
-            self, "fail_regexes", None if fail_regexes is None else tuple(map(_compile, fail_regexes))
-        )
-
-
-def _compile(regex: str | Pattern[str]) -> Pattern[str]:
-    if isinstance(regex, re.Pattern):
-        return regex
-    try:
-        return re.compile(regex)
-    except re.error as exc:
-        raise UserError(f"--fail-regex {regex!r} is not a valid regular expression: {exc}") from None
-
-
-def decide(exit_code: int, output: str, rules: VerdictRules) -> Verdict:
-    """The verdict for a finished command: Polygraphy's rules, after git bisect's 125.
-
-    In order (Polygraphy 0.53.6, ``tools/debug/subtool/iterative_debug_args.py``,
-    ``CheckCmdArgs.run_check.is_status_success``):
-
-    0. exit 125 -> SKIP, before every other rule (git bisect run; bisector's only addition).
-    1. ``ignore_fail_codes`` non-empty and the code is in it -> GOOD, whatever the output.
-    2. ``fail_codes`` given -> BAD iff the code is in it and, when ``fail_regexes`` are given,
-       one of them matches (a zero exit can be BAD if 0 is a fail code).
-    3. no ``fail_codes`` but ``fail_regexes`` -> BAD iff one matches, whatever the code.
-    4. neither -> BAD iff the code is non-zero.
-
-    ``output`` is stdout and stderr together. Killed-by-signal (negative codes) is not special
-    here; :class:`CommandCheck` routes it to ``on_crash`` before calling this.
-    """
-    if exit_code == SKIP_EXIT_CODE:
-        return Verdict.SKIP
-    if rules.ignore_fail_codes and exit_code in rules.ignore_fail_codes:
-        return Verdict.GOOD
-    matched = None
-    if rules.fail_regexes is not None:
-        matched = any(regex.search(output) is not None for regex in rules.fail_regexes)
-    if rules.fail_codes is not None:
-        failed = exit_code in rules.fail_codes and (matched is None or matched)
-    else:
-        failed = exit_code != 0 if matched is None else matched
-    return Verdict.BAD if failed else Verdict.GOOD
 
 
 def validate_command(argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -153,10 +73,11 @@ class CommandCheck:
     - stdout and stderr go, merged in order, to ``<workdir>/check.log``; the result keeps the last
       ``output_tail_chars`` characters. stdin is /dev/null. The command runs in its own process
       group (session); whatever of that group outlives the command is killed. On Linux the
-      command also gets SIGKILL if bisector dies (``kill -9``): see :func:`_die_with_parent`.
+      command also gets SIGKILL if bisector dies (``kill -9``): see
+      ``process_group.die_with_parent``.
     - Killed by a signal -> ``on_crash``; over ``timeout_s`` -> the group gets SIGTERM, then
-      SIGKILL after ``KILL_GRACE_S``, then ``on_timeout``. Both take ``"bad"`` (default),
-      ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
+      SIGKILL after ``process_group.KILL_GRACE_S``, then ``on_timeout``. Both take ``"bad"``
+      (default), ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
     - A missing or non-executable command raises ``UserError`` (see :meth:`validate`).
     - :meth:`terminate` (from any thread) kills every running command; their ``run`` raises
       ``SessionAborted``, and so does every later ``run``. :meth:`cancel` kills only the commands
@@ -221,7 +142,7 @@ class CommandCheck:
         with self._lock:
             procs = list(self._running)
         for proc in procs:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
 
     def cancel(self, workdir: Path | None = None) -> None:
         """Kill the commands running now, or only the one running in ``workdir`` (SIGTERM now;
@@ -230,7 +151,7 @@ class CommandCheck:
             procs = [p for p in self._running if workdir is None or self._cwd.get(p) == Path(workdir)]
             self._cancelled.update(procs)
         for proc in procs:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
 
     def run(self, artifact: Artifact) -> CheckResult:
         """Run the command on ``artifact`` and return the verdict with its evidence."""
@@ -337,7 +258,7 @@ class CommandCheck:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except FileNotFoundError:
             raise UserError(f"check command {argv[0]!r} not found") from None
@@ -349,7 +270,7 @@ class CommandCheck:
             self._running.add(proc)
             self._cwd[proc] = Path(cwd)
         if self._terminated.is_set():  # terminate() came between Popen and registration
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         return proc
 
     def _wait(self, proc: subprocess.Popen, start: float) -> tuple[int, bool]:
@@ -367,86 +288,13 @@ class CommandCheck:
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 break
-        _kill_group(proc)
+        kill_group(proc)
         return proc.returncode, timed_out
 
     def _on_failure(self, choice: str, flag: str, note: str) -> Verdict:
         if choice == "abort":
             raise SessionAborted(f"the check {note} ({flag} abort)")
         return Verdict.BAD if choice == "bad" else Verdict.SKIP
-
-
-def _die_with_parent():
-    """A ``preexec_fn`` that makes the kernel SIGKILL the command when the thread that started it
-    ends (Linux ``PR_SET_PDEATHSIG``), so a check does not outlive a ``kill -9`` of bisector; None
-    elsewhere. The engine starts checks from its pool's worker threads, and each of them waits in
-    :meth:`CommandCheck.run` until the command and its group are gone: the signal never comes
-    early. Only the command itself gets it, not what it starts (those stay in its process group)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent:  # bisector died before prctl: nobody would send the signal
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to process group ``pgid``; False if the group is gone."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # macOS answers EPERM for a group of zombies only
-        return False
-
-
-def _group_alive(proc: subprocess.Popen) -> bool:
-    """Whether any process of the group still runs (zombies do not count)."""
-    proc.poll()  # reap the leader, so a zombie leader does not keep the group "alive"
-    if not _signal_group(proc.pid, 0):
-        return False
-    if not os.path.isdir(PROC_DIR):
-        return True
-    # kill(0) also succeeds for zombies, and an init that never reaps orphans (some containers)
-    # would keep them forever: look for a member that is not a zombie.
-    return any(state != "Z" for state in _group_states(proc.pid))
-
-
-def _group_states(pgid: int) -> Iterable[str]:
-    """The states (R, S, Z, ...) of the processes in group ``pgid``, from /proc (Linux)."""
-    for entry in os.scandir(PROC_DIR):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(os.path.join(entry.path, "stat"), "rb") as f:
-                stat = f.read().decode("utf-8", errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
-        if len(fields) > 2 and fields[2] == str(pgid):
-            yield fields[0]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the whole process group: SIGTERM, then SIGKILL after ``KILL_GRACE_S``; reap the leader."""
-    if _group_alive(proc):
-        if proc.returncode is not None:
-            log.warning("check command left processes behind; terminating its process group")
-        _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE_S
-        while _group_alive(proc) and time.monotonic() < deadline:
-            time.sleep(POLL_S / 5)
-        if _group_alive(proc):
-            _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def _signal_name(number: int) -> str:

@@ -14,7 +14,8 @@ import time
 
 from bisector.backends.target import Target
 from bisector.checks.base import Artifact, CheckResult, Verdict
-from bisector.comparator import CompareConfig, compare_samples
+from bisector.comparator import compare_samples
+from bisector.comparator_config import CompareConfig
 
 
 class CompareCheck:

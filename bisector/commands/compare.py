@@ -16,7 +16,9 @@ import onnx
 
 from bisector.backends.target import Target, run_reference
 from bisector.commands.candidates import model_samples
-from bisector.comparator import CompareConfig, SamplesComparison, compare_samples
+from bisector.comparator import compare_samples
+from bisector.comparator_config import CompareConfig
+from bisector.comparator_results import SamplesComparison
 from bisector.data import load_inputs
 from bisector.errors import UserError
 from bisector.model import io as mio

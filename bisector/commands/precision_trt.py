@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisector.backends.tensorrt import NetworkLayer
-from bisector.backends.trt_parse import RE_ONNX_LAYER, layer_precisions_arg
+from bisector.backends.trt_parse import RE_ONNX_LAYER
+from bisector.backends.trtexec_args import layer_precisions_arg
 from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.prepare import Prepared
@@ -171,7 +172,7 @@ class WeakEngineBuilder:
 def trtexec_flags(precision: str, layers: list[str]) -> list[str]:
     """TensorRT <= 10.11 weakly typed builds: obey per-layer precisions (layer = ONNX node name).
 
-    argv elements, written through ``trt_parse.layer_precisions_arg``: a name holding ``:`` is
+    argv elements, written through ``trtexec_args.layer_precisions_arg``: a name holding ``:`` is
     quoted for trtexec; ValueError names a layer trtexec cannot express (``,``, ``'``, empty, or
     ``*``, which trtexec reads as every layer).
 

@@ -17,18 +17,14 @@ from bisector.backends import tensorrt as trt_backend
 from bisector.backends import trt_cache
 from bisector.backends.trt_parse import (
     AutotuneRecord,
-    ReplayAlgorithm,
-    ReplayTensor,
-    layer_precisions_arg,
     normalize_dtype,
     op_layers,
     parse_autotune_log,
     parse_engine_information,
     parse_layer_information,
-    parse_layer_precisions_arg,
-    parse_tactic_replay,
-    tactic_replay_to_json,
 )
+from bisector.backends.trt_replay import ReplayAlgorithm, ReplayTensor, parse_tactic_replay, tactic_replay_to_json
+from bisector.backends.trtexec_args import layer_precisions_arg, parse_layer_precisions_arg
 from bisector.errors import MissingDependency, UserError
 
 DATA = Path(__file__).parent / "data" / "trt"

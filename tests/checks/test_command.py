@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bisector.checks import command
+from bisector.checks import process_group
 from bisector.checks.base import Artifact, CheckResult, Verdict
-from bisector.checks.command import CommandCheck, VerdictRules, decide, validate_command
+from bisector.checks.command import CommandCheck, validate_command
+from bisector.checks.verdict_rules import VerdictRules, decide
 from bisector.errors import SessionAborted, UserError
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -231,14 +232,14 @@ def test_timeout_kills_the_whole_process_group(artifact):
     check = CommandCheck([PY, str(SCRIPTS / "spawn_sleeper.py"), str(pidfile)], timeout_s=1.0)
     start = time.monotonic()
     result = check.run(artifact)
-    assert time.monotonic() - start < 1.0 + command.KILL_GRACE_S
+    assert time.monotonic() - start < 1.0 + process_group.KILL_GRACE_S
     assert result.verdict is B and result.note == "timeout after 1 s" and result.exit_code is None
     assert "parent ready" in result.output
     assert wait_gone(int(pidfile.read_text()))
 
 
 def test_timeout_escalates_to_sigkill(artifact, monkeypatch):
-    monkeypatch.setattr(command, "KILL_GRACE_S", 0.3)
+    monkeypatch.setattr(process_group, "KILL_GRACE_S", 0.3)
     pidfile = artifact.workdir / "child.pid"
     argv = [PY, str(SCRIPTS / "spawn_sleeper.py"), str(pidfile), "ignore-term"]
     result = CommandCheck(argv, timeout_s=1.0, on_timeout="skip").run(artifact)
@@ -269,7 +270,7 @@ def test_terminate_from_another_thread_kills_and_aborts(artifact):
     start = time.monotonic()
     with pytest.raises(SessionAborted):
         check.run(artifact)
-    assert time.monotonic() - start < 0.5 + command.KILL_GRACE_S
+    assert time.monotonic() - start < 0.5 + process_group.KILL_GRACE_S
     assert wait_gone(int(pidfile.read_text()))
     with pytest.raises(SessionAborted):  # stays terminated
         check.run(artifact)
