@@ -9,6 +9,7 @@ Polygraphy's flags take several values after one flag (``--input-shapes x:[1,3] 
 one-value-per-flag form typer parses and cuts the check command off.
 """
 
+import functools
 import inspect
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,6 +43,19 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
             out.append(flag)  # a further value of a multi-value flag: repeat the flag
         out.append(tok)
     return out, check
+
+
+def guarded(fn):
+    """``bisector.cli.guarded``, looked up when the command runs: for the commands declared outside
+    cli.py (cli_reduce.py, cli_precision.py), which cli.py imports to register them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from bisector.cli import guarded as cli_guarded
+
+        return cli_guarded(fn)(*args, **kwargs)
+
+    return wrapper
 
 
 def uses(*groups):

@@ -1,11 +1,10 @@
 """``bisector precision``: the command's declaration and what it prints and reports.
 
-Registered by ``bisector/cli.py`` (``app.command(name="precision")(precision)`` at its end). This
-module imports ``bisector.cli`` only when the command runs, so it can be imported in any order.
+Registered by ``bisector/cli.py`` at its end. This module imports ``bisector.cli`` only when the
+command runs, so it can be imported in any order.
 """
 
 import dataclasses
-import functools
 import math
 import shlex
 from pathlib import Path
@@ -13,24 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from bisector.cli_options import WEIGHTS_HELP, CheckOptions, CompareOptions, DataOptions, SessionOptions, uses
+from bisector.cli_options import (WEIGHTS_HELP, CheckOptions, CompareOptions, DataOptions, SessionOptions, guarded,
+                                  uses)
 from bisector.errors import UserError, one_of
 
 MODES = ("auto", "bisect", "linear")
 DIRECTIONS = ("forward", "reverse")
 REFERENCE_RUNNER = "onnxrt-cpu fp32"
-
-
-def guarded(fn):
-    """``bisector.cli.guarded``, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from bisector.cli import guarded as cli_guarded
-
-        return cli_guarded(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @guarded
