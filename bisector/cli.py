@@ -5,6 +5,7 @@ import functools
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,19 +83,29 @@ def _open_session() -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def check_writable(path: Optional[Path]) -> None:
-    """Refuse an output path that cannot be written before the search, not after it."""
+def check_writable(path: Optional[Path], model: Optional[Path] = None) -> None:
+    """Refuse an output path that cannot be written before the search, not after it: a directory,
+    the input ``model`` itself, or a place where no file can be created (tried, in the nearest
+    directory that exists, so that nothing is left behind)."""
     if path is None:
         return
-    parent = Path(path).absolute().parent
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory", hint="give a file name, e.g. reduced.onnx")
+    if model is not None and target.exists() and target.resolve() == Path(model).resolve():
+        raise UserError(f"{path} is the input model: writing the answer there would destroy it",
+                        hint="give another -o")
+    parent = target.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {path}: {parent} is not writable")
-    if Path(path).is_dir():
-        raise UserError(f"cannot write {path}: it is a directory", hint="give a file name, e.g. reduced.onnx")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".bisector-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {parent}: {exc.strerror or exc}") from None
 
 
 def _compare_config(c: CompareOptions):
@@ -120,7 +131,9 @@ def _data_args(d: DataOptions) -> dict:
     from bisector.model.shapes import parse_shapes
 
     if d.samples < 1:
-        raise UserError("--samples must be at least 1")
+        raise UserError(f"--samples/--iterations must be at least 1, not {d.samples}")
+    if d.seed < 0:
+        raise UserError(f"--seed must be 0 or more, not {d.seed}")
     return {"shapes": parse_shapes(d.input_shapes), "load": d.load_inputs or [], "samples": d.samples,
             "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None}
 
@@ -128,18 +141,30 @@ def _data_args(d: DataOptions) -> dict:
 def candidate_args(d: DataOptions, s: SessionOptions, cmp: CompareOptions, artifact: str) -> dict:
     """The ``CandidateOptions`` fields (bisector/commands/candidates.py) that the shared flags set."""
     a = _data_args(d)
+    name = s.iter_artifact or artifact
+    if name in ("", ".", "..") or Path(name).name != name:
+        raise UserError(f"--iter-artifact {name!r} must be a plain file name: candidates are written in their "
+                        f"iteration directory", hint="e.g. --iter-artifact polygraphy_debug.onnx")
     return {"input_shapes": a["shapes"], "load_inputs": a["load"], "seed": a["seed"], "val_range": a["val_range"],
-            "samples": a["samples"], "iter_artifact": s.iter_artifact or artifact, "write_inputs": not cmp.compare}
+            "samples": a["samples"], "iter_artifact": name, "write_inputs": not cmp.compare}
 
 
 def build_check(chk: CheckOptions, cmp: CompareOptions):
     """The check the flags ask for: --check CMD, --check-func/--check-script, --compare, or a person."""
-    from bisector.checks.repeat import RepeatCheck
+    from bisector.checks.repeat import VOTES, RepeatCheck
 
     given = [name for name, on in (("--check", _check_argv is not None), ("--check-func", chk.check_func),
                                    ("--check-script", chk.check_script), ("--compare", cmp.compare)) if on]
     if len(given) > 1:
         raise UserError(f"{given[0]} and {given[1]} exclude each other: give one kind of check")
+    if not cmp.compare:
+        defaults = CompareOptions()
+        for flag, field in COMPARE_ONLY_FLAGS:
+            if getattr(cmp, field) != getattr(defaults, field):
+                kind = given[0] if given else "an interactive check"
+                raise UserError(f"{flag} sets the in-process comparison (--compare), which {kind} does not use",
+                                hint="put it in the check command instead, or check with --compare")
+    one_of("--vote", chk.vote, VOTES)
     if _check_argv is not None:
         from bisector.checks.command import CommandCheck
         from bisector.checks.verdict_rules import VerdictRules
@@ -168,6 +193,31 @@ def build_check(chk: CheckOptions, cmp: CompareOptions):
     elif chk.repeat < 1:
         raise UserError("--repeat must be at least 1")
     return check
+
+
+def warn_blind_check(artifact: str, model: Path) -> None:
+    """A check command that names neither the candidate nor ``{artifact}`` / ``$BISECTOR_ARTIFACT``
+    most likely checks the same file every time (often the input model itself): every verdict is
+    then the same, and the search ends on a confident but meaningless answer. Warn before it runs."""
+    if not _check_argv:
+        return
+    text = " ".join(_check_argv)
+    if artifact in text or "{artifact}" in text or "BISECTOR_ARTIFACT" in text:
+        return
+    names_model = any(Path(a).name == Path(model).name for a in _check_argv)
+    what = f"names the input model {Path(model).name}, not the candidate" if names_model else \
+        f"does not name the candidate ({artifact}, {{artifact}} or $BISECTOR_ARTIFACT)"
+    console.print(f"[yellow]warning:[/] the check command {what}: unless it reads {artifact} from its working "
+                  f"directory by itself, every check sees the same model and the answer means nothing",
+                  highlight=False, soft_wrap=True)
+
+
+# What only the in-process compare check reads (precision reads --precision, --realize, --keep-fp32
+# itself and hands build_check a copy without them).
+COMPARE_ONLY_FLAGS = (("--provider", "provider"), ("--precision", "precision"), ("--keep-fp32", "keep_fp32"),
+                      ("--realize", "realize"), ("--atol", "atol"), ("--rtol", "rtol"),
+                      ("--check-error-stat", "check_error_stat"), ("--error-quantile", "error_quantile"),
+                      ("--validate", "validate"))
 
 
 def _listeners(s: SessionOptions, title: str, interactive_check: bool):
@@ -202,6 +252,9 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
     from bisector.checks.interactive import InteractiveCheck
     from bisector.engine import Engine
 
+    if s.jobs < 1:
+        raise UserError(f"-j/--jobs must be at least 1, not {s.jobs}")
+    check_writable(s.events)
     model_meta = _session_model(model) if model is not None else None
     session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
                            model=model_meta)
@@ -239,9 +292,11 @@ def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> No
     """Polygraphy replays are keyed by iteration index only: answer our first asks in order."""
     from bisector.artifacts.replay import import_polygraphy_replay
 
-    n = import_polygraphy_replay(session, strategy, materializer, path)
-    console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay: matched by iteration order)",
-                  highlight=False)
+    n, stopped = import_polygraphy_replay(session, strategy, materializer, path)
+    console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay: matched by iteration order"
+                  f"{' and model size' if not stopped else ''})", highlight=False)
+    if stopped:
+        console.print(f"[yellow]note:[/] {stopped}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------- compare
@@ -261,6 +316,8 @@ def compare(
 
     target = _target(cmp)
     args = _data_args(data)
+    for path in (data.save_inputs, save_outputs):
+        check_writable(path, model)
     reference_outputs = None
     if load_outputs:
         runs = read_outputs(load_outputs)
@@ -283,16 +340,18 @@ def compare(
 
 # ---------------------------------------------------------------------------------------- sessions
 @guarded
-def resume(session: Annotated[Path, typer.Argument(help="The session directory")]):
+def resume(
+    session: Annotated[Path, typer.Argument(help="The session directory")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the answer here instead of the original command's -o")] = None,
+):
     """Continue a session after Ctrl-C, a crash or kill -9 (at most the check in flight is repeated)."""
+    from bisector.artifacts.replay import set_flag, with_session
     from bisector.artifacts.session import load_meta
 
     meta = load_meta(session)
-    argv = list(meta["command"][1:])
-    root = str(session.resolve())
-    from bisector.artifacts.replay import with_session
-
-    argv = with_session(argv, root)
+    argv = with_session(list(meta["command"][1:]), str(session.resolve()))
+    if output is not None:
+        argv = set_flag(argv, ("-o", "--output"), str(output.absolute()))
     cwd = meta.get("cwd")
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
@@ -311,11 +370,14 @@ def log(session: Annotated[Path, typer.Argument(help="The session directory")]):
 def replay(
     logfile: Annotated[Path, typer.Argument(help="A log written by `bisector log` (edited or not)")],
     session: Annotated[Optional[Path], typer.Option("--session", help="Directory of the new session")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the answer here (default: the new session's result/, never over the original command's files)")] = None,
 ):
     """Replay an edited verdict log (git bisect replay): its verdicts are taken as given, the rest is checked."""
     from bisector.artifacts.replay import seed_session
 
-    argv = seed_session(logfile, session)
+    argv, redirected = seed_session(logfile, session, output)
+    for line in redirected:
+        console.print(f"replay writes {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(main(argv, exit=False))
 
 

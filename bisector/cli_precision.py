@@ -63,7 +63,7 @@ def precision(
             raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
         precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
     for path in (output, data.save_inputs):
-        cli.check_writable(path)
+        cli.check_writable(path, model)
     # The check runs the realized model as it is: its Target gets no precision of its own.
     check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
     realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")
@@ -72,6 +72,7 @@ def precision(
                                  order=order, realize=realize, keep_always=read_keep(cmp.keep_fp32),
                                  verify_minimal=verify_minimal, reference=cmp.reference, weights=weights,
                                  constraints=constraints, **cli.candidate_args(data, s, cmp, artifact))
+    cli.warn_blind_check(opts.iter_artifact, model)
     state = {}
 
     def setup(session):

@@ -44,12 +44,13 @@ def reduce(
     one_of("--cut-feed", cut_feed, red.CUT_FEEDS)
     one_of("--mode", mode, MODES)
     for path in (output, min_good, data.save_inputs):
-        cli.check_writable(path)
+        cli.check_writable(path, model)
     opts = red.ReduceOptions(model=model, output=output, min_good=min_good, mode=mode,
                              reduce_inputs=not no_reduce_inputs, reduce_outputs=not no_reduce_outputs,
                              verify_minimal=verify_minimal, cut_feed=cut_feed, weights=weights,
                              **cli.candidate_args(data, s, cmp, DEFAULT_ARTIFACT))
     check = cli.build_check(chk, cmp)
+    cli.warn_blind_check(opts.iter_artifact, model)
     state = {}
 
     def setup(session):

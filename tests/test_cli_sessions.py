@@ -73,7 +73,7 @@ def test_session_under_a_regular_file_is_one_line_and_exit_2(tmp_path, chain_mod
                     cwd=tmp_path)
     assert proc.returncode == 2
     line = one_error_line(proc.stderr)
-    assert "cannot create session directory file.txt/sub" in line and "Not a directory" in line
+    assert f"cannot create session directory {tmp_path / 'file.txt' / 'sub'}" in line and "Not a directory" in line
     assert "--session" in proc.stderr  # the hint names the flag
 
 

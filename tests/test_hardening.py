@@ -36,7 +36,7 @@ def test_a_file_where_a_directory_should_be_is_one_line_and_exit_2(tmp_path, cha
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
     assert "s/activations" in line and "Not a directory" in line
-    assert "bisector resume s" in proc.stderr
+    assert f"bisector resume {tmp_path / 's'}" in proc.stderr  # absolute: it works from anywhere
 
 
 @pytest.mark.parametrize("command", [["reduce"], ["precision", "--precision", "fp16"]])
@@ -114,7 +114,7 @@ def test_ctrl_c_while_the_model_is_prepared_says_how_to_resume(tmp_path, chain_m
     assert proc.returncode == EXIT_STOPPED, err
     assert "Traceback" not in err
     stopped = [ln for ln in (out + err).splitlines() if ln.startswith("stopped:")]
-    assert stopped == ["stopped: interrupted; continue with: bisector resume s"], out + err
+    assert stopped == [f"stopped: interrupted; continue with: bisector resume {tmp_path / 's'}"], out + err
 
 
 # ------------------------------------------------------------------------------------- kill -9

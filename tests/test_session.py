@@ -175,8 +175,13 @@ def test_log_edit_replay_uses_the_edited_verdicts_and_checks_the_rest(tmp_path, 
     edited.write_text("\n".join(lines) + "\n")
     given = {ln.split()[1]: ln.split()[0] for ln in lines if not ln.startswith("#")}
 
+    answer = (tmp_path / "red.onnx").read_bytes()
     replayed = bisector("replay", "edited.log", "--session", "s2", cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr
+    # The replay's answer goes to its own session, never over the file the original command wrote.
+    assert (tmp_path / "red.onnx").read_bytes() == answer
+    assert f"replay writes --output: {tmp_path / 's2' / 'result' / 'red.onnx'}" in replayed.stdout + replayed.stderr
+    assert len(onnx.load(str(tmp_path / "s2" / "result" / "red.onnx")).graph.node) == 2
     entries = journal(tmp_path / "s2")
     replay_entries = [e for e in entries if e["source"] == "replay"]
     assert {e["fingerprint"]: e["verdict"] for e in replay_entries} == given

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from bisector.artifacts.journal import JOURNAL_NAME, Entry, Journal
@@ -64,12 +65,13 @@ def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, st
     return command, cwd, verdicts
 
 
-def seed_session(logfile: Path, session: Path | None) -> list[str]:
-    """Create a session whose journal holds the log's verdicts; return the argv that continues it."""
+def seed_session(logfile: Path, session: Path | None, output: Path | None = None) -> tuple[list[str], list[str]]:
+    """Create a session whose journal holds the log's verdicts; return the argv that continues it
+    (its answer goes to the new session's ``result/``, or to ``output``) and what was redirected."""
     import os
 
     command, cwd, verdicts = parse_log(logfile)
-    root = Path(session) if session else default_dir()
+    root = Path(session).absolute() if session else default_dir()
     if (root / "session.json").exists() or (root / JOURNAL_NAME).exists():
         raise UserError(f"{root} already holds a session", hint="replay into a new --session directory")
     try:
@@ -80,25 +82,65 @@ def seed_session(logfile: Path, session: Path | None) -> list[str]:
     for verdict, fp, label in verdicts:
         journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, source="replay"))
     argv = with_session(list(command[1:]), str(root.resolve()))
+    argv, said = redirect_outputs(argv, root.resolve(), output)
     set_command(argv)  # the new session records the command it runs, so that resume runs it again
     if cwd and Path(cwd).is_dir():
         os.chdir(cwd)
-    return argv
+    return argv, said
 
 
 def with_session(argv: list[str], root: str) -> list[str]:
     """``argv`` with its ``--session`` (bisector's, before ``--check``) set to ``root``; the check
     command after ``--check`` is never touched, even if it has a ``--session`` of its own."""
+    return set_flag(argv, ("--session",), root)
+
+
+def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
+    """``argv`` with bisector's flag ``names`` (``-o``/``--output``: any spelling of one flag) set to
+    ``value``, added before ``--check`` if it is not there; the check command is never touched."""
     end = argv.index("--check") if "--check" in argv else len(argv)
-    head, tail = argv[:end], argv[end:]
+    head, tail = list(argv[:end]), argv[end:]
     for i, arg in enumerate(head):
-        if arg == "--session" and i + 1 < len(head):
-            head[i + 1] = root
+        if arg in names and i + 1 < len(head):
+            head[i + 1] = value
             return head + tail
-        if arg.startswith("--session="):
-            head[i] = f"--session={root}"
+        name, eq, _ = arg.partition("=")
+        if eq and name in names:
+            head[i] = f"{name}={value}"
             return head + tail
-    return head + ["--session", root] + tail
+    return head + [names[-1], value] + tail
+
+
+def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of bisector's flag ``names`` in ``argv`` (before ``--check``), or None."""
+    end = argv.index("--check") if "--check" in argv else len(argv)
+    for i, arg in enumerate(argv[:end]):
+        if arg in names and i + 1 < end:
+            return argv[i + 1]
+        name, eq, value = arg.partition("=")
+        if eq and name in names:
+            return value
+    return None
+
+
+OUTPUT_FLAGS = (("-o", "--output"), ("--min-good", "--minimal-good"))  # what a command writes its answer to
+
+
+def redirect_outputs(argv: list[str], root: Path, output: Path | None) -> tuple[list[str], list[str]]:
+    """A replayed session writes its answer into its own ``result/`` (or to ``output``), never over
+    the files the original command wrote: returns the new argv and a line per moved flag."""
+    said = []
+    for names in OUTPUT_FLAGS:
+        old = get_flag(argv, names)
+        if names[0] == "-o" and output is not None:
+            new = str(Path(output).absolute())
+        elif old is not None:
+            new = str(root / "result" / Path(old).name)
+        else:
+            continue
+        argv = set_flag(argv, names, new)
+        said.append(f"{names[-1]}: {new}" + (f" (the original command wrote {old})" if old and old != new else ""))
+    return argv, said
 
 
 def read_polygraphy_replay(path: Path) -> list[Verdict]:
@@ -118,25 +160,47 @@ def read_polygraphy_replay(path: Path) -> list[Verdict]:
         if not m or not isinstance(value, dict) or "success" not in value:
             continue
         phase = {"outputs": 0, None: 0, "inputs": 1}[m[2]]
-        keyed.append(((phase, int(m[1])), Verdict.GOOD if value["success"] else Verdict.BAD))
+        state = value.get("state") if isinstance(value.get("state"), dict) else {}
+        nodes = state.get("num_nodes") if isinstance(state.get("num_nodes"), int) else None
+        keyed.append(((phase, int(m[1])), ReplayStep(key, Verdict.GOOD if value["success"] else Verdict.BAD, nodes)))
     return [v for _, v in sorted(keyed)]
 
 
-def import_polygraphy_replay(session, strategy, materializer, path: Path) -> int:
-    verdicts = read_polygraphy_replay(path)
+@dataclass(frozen=True)
+class ReplayStep:
+    """One iteration of a Polygraphy debug replay: its key, its verdict, and the size of the model it
+    judged (``debug reduce`` records ``num_nodes``; ``debug precision`` records nothing)."""
+
+    key: str
+    verdict: Verdict
+    num_nodes: int | None = None
+
+
+def import_polygraphy_replay(session, strategy, materializer, path: Path) -> tuple[int, str]:
+    """Journal the replay's verdicts for the candidates this search asks first, in order.
+
+    Polygraphy keys its replay by iteration only, so a verdict is taken only while the candidate
+    asked has the node count Polygraphy recorded for that iteration: at the first difference the
+    two searches have parted, and the rest is checked again rather than given to the wrong
+    candidate. Returns the number imported and, if it stopped early, why."""
+    steps = read_polygraphy_replay(path)
     scratch = copy.deepcopy(strategy)
     search = scratch.search()
     ask = next(search)
     known = session.journal.cache()
     n = 0
-    for verdict in verdicts:
+    for i, step in enumerate(steps):
+        if step.num_nodes is not None and step.num_nodes != ask.candidate.size:
+            return n, (f"{step.key} judged a {step.num_nodes}-node model where this search asks about "
+                       f"{ask.candidate.size} nodes ({ask.candidate.label}): the searches part there, so its "
+                       f"{len(steps) - i} remaining verdict(s) are checked again")
         fp = materializer.fingerprint(ask.candidate)
         if fp not in known:
-            session.journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=ask.candidate.label,
-                                         phase=ask.candidate.phase, source="import"))
+            session.journal.append(Entry(fingerprint=fp, verdict=step.verdict, iteration=None,
+                                         label=ask.candidate.label, phase=ask.candidate.phase, source="import"))
             n += 1
         try:
-            ask = search.send(verdict)
+            ask = search.send(step.verdict)
         except StopIteration:
             break
-    return n
+    return n, ""

@@ -28,6 +28,11 @@ SESSION_FORMAT = 1
 # Less free space than this on the session's disk after a check, and its verdict is not trusted: on a
 # full disk the check's own writes (its log, its outputs) fail, and it fails for that reason.
 DISK_FULL_BYTES = 64 << 10
+# Everything a session writes in its directory (the commands' set-up writes the last ones): a
+# session with no verdict and nothing else there may be emptied and started again.
+SESSION_ENTRIES = frozenset({"session.json", "session.json.tmp", JOURNAL_NAME, "iterations", "result", "good",
+                             "bad", "weights", "activations", "activations.partial", "reference", "int8", "trt",
+                             "inputs.json", "sensitivity.json"})
 
 
 def default_dir() -> Path:
@@ -68,16 +73,17 @@ class Session:
         """Create ``root`` (or a new timestamped directory), or reopen it if it holds the same
         session. Refuses, naming the difference, if the model or the parameters changed."""
         global _opened
-        root = Path(root) if root else default_dir()
+        root = Path(root).absolute() if root else default_dir()  # checks run elsewhere: paths must hold there
         _opened = root
         meta_path = root / "session.json"
         if meta_path.exists():
             meta = load_meta(root)
             diff = _difference(meta, strategy, params, model)
-            if diff:
+            if diff and not _start_over(root):
                 raise UserError(f"{root} holds a different session: {diff}",
                                 hint="use a new --session directory, or the original command")
-            return cls(root, meta)
+            if not diff:
+                return cls(root, meta)
         meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
                 "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
                 "versions": _versions()}
@@ -143,6 +149,17 @@ class Session:
             shutil.move(str(src), dest)
             moved.append(dest)
         return moved
+
+
+def _start_over(root: Path) -> bool:
+    """Empty ``root`` for a new session if the one there never got a verdict (it stopped in its
+    set-up, e.g. on a bad flag, and the corrected command is run again) and holds nothing but what
+    bisector writes there. Anything else there, and it is left alone: False."""
+    if len(Journal(root / JOURNAL_NAME)) or any(p.name not in SESSION_ENTRIES for p in root.iterdir()):
+        return False
+    for p in root.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return True
 
 
 def load_meta(root: Path) -> dict[str, Any]:

@@ -1,0 +1,148 @@
+"""What the CLI refuses before a search starts, and the mistakes it guards against: each bad flag is
+one line and exit 2, a relative --session still gives checks paths that work, a check that never
+reads the candidate is pointed out, and a session that stopped in its set-up can be run again."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bisector.cli import main
+from fixtures import fixture_path
+from tests.helpers import bisector, faulty
+
+FAULTY = [sys.executable, str(Path(__file__).resolve().parent.parent / "fixtures" / "faulty_check.py")]
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv), exit=False)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--seed", "-5"), "--seed must be 0 or more"),
+    (("-j", "0"), "-j/--jobs must be at least 1"),
+    (("--vote", "foo"), "--vote 'foo': choose any, majority or all"),
+    (("--atol", "1e-3"), "--atol sets the in-process comparison (--compare), which --check does not use"),
+    (("--provider", "cuda"), "--provider sets the in-process comparison"),
+    (("--iter-artifact", "../victim.onnx"), "must be a plain file name"),
+    (("--events", "/proc/none/events.jsonl"), "cannot write /proc/none/events.jsonl"),
+    (("--iterations", "0"), "--samples/--iterations must be at least 1"),
+])
+def test_bad_flags_are_refused_before_the_search(tmp_path, capsys, extra, message):
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"),
+                    "--session", str(tmp_path / "s"), "-q", *extra, "--check", "true")
+    assert code == 2 and message in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "s" / "journal.jsonl").exists()
+
+
+def test_the_answer_never_overwrites_the_input_model(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(fixture_path("chain").read_bytes())
+    before = model.read_bytes()
+    for command in (["reduce"], ["precision", "--precision", "fp16"]):
+        code, out = run(capsys, *command, str(model), "-o", str(model), "--session", str(tmp_path / command[0]),
+                        "--check", "true")
+        assert code == 2 and "is the input model" in out
+    assert model.read_bytes() == before
+
+
+def test_unwritable_outputs_are_refused_up_front(tmp_path, capsys):
+    code, out = run(capsys, "compare", str(fixture_path("chain")), "--save-outputs", "/proc/none/out.json")
+    assert code == 2 and "cannot write /proc/none/out.json" in out and "Traceback" not in out
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", "/proc/none/r.onnx",
+                    "--session", str(tmp_path / "s"), "--check", "true")
+    assert code == 2 and "cannot write /proc/none/r.onnx" in out
+    assert not (tmp_path / "s").exists()  # refused before a session was opened
+
+
+def test_placeholders_are_absolute_when_the_session_is_relative(tmp_path, capsys, monkeypatch):
+    """Checks run in the iteration directory: {artifact} and {inputs} must not be relative to
+    where bisector was started, or every check fails to load its model and the answer is wrong."""
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", "r.onnx", "--session", "rel", "-q",
+                    "--check", *FAULTY, "{artifact}", "--fault", "scale:relu4", "--load-inputs", "{inputs}")
+    assert code == 0, out
+    assert json.loads((tmp_path / "rel" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
+    assert "warning" not in out
+
+
+def test_a_check_that_names_the_input_model_is_pointed_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(fixture_path("chain").read_bytes())
+    code, out = run(capsys, "reduce", "m.onnx", "-o", "r.onnx", "--session", "s", "-q",
+                    "--check", *FAULTY, str(model), "--fault", "scale:relu4")
+    assert "warning: the check command names the input model m.onnx, not the candidate" in " ".join(out.split())
+
+
+def test_a_session_that_stopped_in_its_set_up_runs_again_with_the_corrected_command(tmp_path, capsys):
+    head = ["reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--session", str(tmp_path / "s"), "-q"]
+    check = ["--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4", "--load-inputs", "inputs.json"]
+    code, out = run(capsys, *head, "--weights", "foo", *check)  # refused in the set-up
+    assert code == 2 and "--weights 'foo'" in out
+    assert (tmp_path / "s" / "session.json").exists()
+    code, out = run(capsys, *head, *check)
+    assert code == 0, out
+    # A session with verdicts is never started over: a changed command is refused.
+    code, out = run(capsys, *head, "--cut-feed", "random", *check)
+    assert code == 2 and "holds a different session" in out
+    # Neither is a directory holding anything bisector did not write.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me\n")
+    (tmp_path / "mine" / "session.json").write_text(json.dumps({"strategy": "precision"}))
+    code, out = run(capsys, *head[:4], "--session", str(tmp_path / "mine"), *check)
+    assert code == 2 and "holds a different session" in out and (tmp_path / "mine" / "notes.txt").exists()
+
+
+@pytest.mark.slow
+def test_resume_can_write_the_answer_elsewhere(tmp_path, chain_model):
+    first = bisector("reduce", "m.onnx", "-o", "r.onnx", "--session", "s", "-q", "--check", *faulty(), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = bisector("resume", "s", "-o", "elsewhere.onnx", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "elsewhere.onnx").read_bytes() == (tmp_path / "r.onnx").read_bytes()
+
+
+# ------------------------------------------------------------------------------- Polygraphy replays
+def polygraphy_replay(tmp_path: Path, steps: list[tuple[int, bool]]) -> Path:
+    """A replay in the format ``polygraphy debug reduce`` writes (keys ``_N<i>_outputs``)."""
+    doc = {f"_N{i}_outputs": {"state": {"num_nodes": n}, "iteration_info": {"iteration": i}, "success": ok,
+                              "polygraphy_class": "IterationContext"} for i, (n, ok) in enumerate(steps)}
+    path = tmp_path / "polygraphy_debug_replay.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_polygraphy_replay_gives_verdicts_only_to_candidates_of_the_same_size(tmp_path, capsys):
+    """bisector's first bisect candidate on the 20-node chain has 10 nodes and passes; Polygraphy's
+    has 11. A replay whose sizes differ must not hand its verdicts to other candidates."""
+    replay = polygraphy_replay(tmp_path, [(10, True), (16, False), (13, False)])
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--mode", "bisect",
+                    "--session", str(tmp_path / "s"), "-q", "--load-debug-replay", str(replay),
+                    "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4", "--load-inputs", "inputs.json")
+    text = " ".join(out.split())
+    assert code == 0, out
+    assert "imported 1 verdict(s)" in text and "_N1_outputs judged a 16-node model" in text
+    assert json.loads((tmp_path / "s" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
+
+
+@pytest.mark.slow
+def test_polygraphys_own_replay_cannot_mislead_the_search(tmp_path, capsys):
+    import subprocess
+
+    check = [*FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4"]
+    polygraphy = Path(sys.executable).with_name("polygraphy")
+    done = subprocess.run([str(polygraphy), "debug", "reduce", str(fixture_path("chain")), "-o", "pg.onnx",
+                           "--mode", "bisect", "--check", *check], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--mode", "bisect",
+                    "--session", str(tmp_path / "s"), "-q", "--load-debug-replay",
+                    str(tmp_path / "polygraphy_debug_replay.json"), "--check", *check, "--load-inputs", "inputs.json")
+    assert code == 0, out
+    assert json.loads((tmp_path / "s" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
