@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv, uses
+from bisector.cli_polygraphy import take_polygraphy_flags
 from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError, one_of
 from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
 
@@ -134,8 +135,12 @@ def _data_args(d: DataOptions) -> dict:
         raise UserError(f"--samples/--iterations must be at least 1, not {d.samples}")
     if d.seed < 0:
         raise UserError(f"--seed must be 0 or more, not {d.seed}")
+    if d.data_loader_script and d.load_inputs:
+        raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
     return {"shapes": parse_shapes(d.input_shapes), "load": d.load_inputs or [], "samples": d.samples,
-            "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None}
+            "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None,
+            "script": d.data_loader_script,
+            "data_dir": d.external_data_dir.absolute() if d.external_data_dir else None}
 
 
 def candidate_args(d: DataOptions, s: SessionOptions, cmp: CompareOptions, artifact: str) -> dict:
@@ -145,7 +150,9 @@ def candidate_args(d: DataOptions, s: SessionOptions, cmp: CompareOptions, artif
     if name in ("", ".", "..") or Path(name).name != name:
         raise UserError(f"--iter-artifact {name!r} must be a plain file name: candidates are written in their "
                         f"iteration directory", hint="e.g. --iter-artifact polygraphy_debug.onnx")
-    return {"input_shapes": a["shapes"], "load_inputs": a["load"], "seed": a["seed"], "val_range": a["val_range"],
+    return {"input_shapes": a["shapes"], "load_inputs": a["load"], "data_loader_script": a["script"],
+            "external_data_dir": a["data_dir"],
+            "seed": a["seed"], "val_range": a["val_range"],
             "samples": a["samples"], "iter_artifact": name, "write_inputs": not cmp.compare}
 
 
@@ -199,8 +206,16 @@ def warn_blind_check(artifact: str, model: Path) -> None:
     """A check command that names neither the candidate nor ``{artifact}`` / ``$BISECTOR_ARTIFACT``
     most likely checks the same file every time (often the input model itself): every verdict is
     then the same, and the search ends on a confident but meaningless answer. Warn before it runs."""
+    from bisector.commands.candidates import INPUTS_NAME
+
     if not _check_argv:
         return
+    for flag, value in zip(_check_argv, _check_argv[1:]):
+        if flag in ("--load-inputs", "--load-input-data") and value not in (INPUTS_NAME, "{inputs}") \
+                and "BISECTOR_INPUTS" not in value:
+            console.print(f"[yellow]warning:[/] the check loads {value}, not the {INPUTS_NAME} bisector writes beside "
+                          f"each candidate: a candidate cut inside the model has other inputs, which only "
+                          f"{INPUTS_NAME} ({{inputs}}) holds", highlight=False, soft_wrap=True)
     text = " ".join(_check_argv)
     if artifact in text or "{artifact}" in text or "BISECTOR_ARTIFACT" in text:
         return
@@ -235,14 +250,14 @@ def _listeners(s: SessionOptions, title: str, interactive_check: bool):
     return listeners, closers, live
 
 
-def _session_model(path: Path) -> dict:
+def _session_model(path: Path, data_dir: Optional[Path] = None) -> dict:
     from bisector.model.prepare import source_fingerprint
 
-    return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path)}
+    return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path, data_dir)}
 
 
 def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: SessionOptions, check,
-                setup, finish):
+                setup, finish, model_data_dir: Optional[Path] = None):
     """The shared life of a session: open (or resume), set up, search, report, say where it is.
 
     ``setup(session) -> (strategy, materializer)``; ``finish(session, outcome) -> None`` writes
@@ -255,7 +270,7 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
     if s.jobs < 1:
         raise UserError(f"-j/--jobs must be at least 1, not {s.jobs}")
     check_writable(s.events)
-    model_meta = _session_model(model) if model is not None else None
+    model_meta = _session_model(model, model_data_dir) if model is not None else None
     session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
                            model=model_meta)
     verb = "resuming" if session.resumed else "session"
@@ -268,7 +283,8 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
     listeners, closers, live = _listeners(s, f"bisector {strategy_name}", interactive)
     devices = [d.strip() for d in s.devices.split(",") if d.strip()] if s.devices else None
     engine = Engine(strategy, materializer, check, session, jobs=s.jobs, devices=devices,
-                    artifacts=s.artifacts, keep_intermediate=s.no_remove_intermediate, listeners=listeners)
+                    artifacts=s.artifacts, keep_intermediate=s.no_remove_intermediate, listeners=listeners,
+                    art_dir=s.art_dir.absolute() if s.art_dir else None, iter_info=s.iter_info)
     try:
         if live:
             with live:
@@ -415,6 +431,18 @@ def repeat(
 
 
 # ---------------------------------------------------------------------------------------- entry point
+@guarded
+def _polygraphy_flags(opts: list[str]) -> list[str]:
+    """Set up logging from Polygraphy's logging flags, say which of its flags change nothing here,
+    and return the options typer parses (see cli_polygraphy.py)."""
+    opts, notes, verbosity = take_polygraphy_flags(opts)
+    verbosity.configure()
+    for note in notes:
+        console.print(f"note: {escape(note)}", style="dim", highlight=False, soft_wrap=True)
+    return opts
+
+
+
 def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
     """Console entry point. ``--check`` takes the rest of the command line, as in Polygraphy."""
     global _check_argv
@@ -425,8 +453,10 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
         code = EXIT_USAGE
     else:
         try:
-            app(args=opts, prog_name="bisector", standalone_mode=True)
+            app(args=_polygraphy_flags(opts), prog_name="bisector", standalone_mode=True)
             code = 0
+        except typer.Exit as exc:  # from _polygraphy_flags, outside the app
+            code = exc.exit_code
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     if exit:

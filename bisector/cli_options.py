@@ -19,18 +19,19 @@ import typer
 
 # Flags that take one or more values, as in Polygraphy (argparse nargs="+").
 MULTI_VALUE_FLAGS = frozenset({
-    "--input-shapes", "--model-input-shapes", "--load-inputs", "--val-range", "--keep-fp32", "--atol",
-    "--rtol", "--check-error-stat", "--fail-code", "--ignore-fail-code", "--fail-regex", "--artifacts",
+    "--input-shapes", "--model-input-shapes", "--load-inputs", "--load-input-data", "--val-range", "--keep-fp32",
+    "--atol", "--rtol", "--check-error-stat", "--fail-code", "--fail-returncode", "--ignore-fail-code",
+    "--ignore-fail-returncode", "--fail-regex", "--artifacts",
 })
-CHECK_FLAG = "--check"
+CHECK_FLAGS = ("--check", "--check-inference")  # Polygraphy's two names
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """``(options, check_argv)``: everything after ``--check`` is the check command, untouched."""
     check = None
-    if CHECK_FLAG in argv:
-        i = argv.index(CHECK_FLAG)
-        argv, check = argv[:i], argv[i + 1:]
+    at = [i for i, a in enumerate(argv) if a in CHECK_FLAGS]
+    if at:
+        argv, check = argv[:at[0]], argv[at[0] + 1:]
     out: list[str] = []
     flag = None
     for tok in argv:
@@ -92,8 +93,14 @@ class DataOptions:
         "--input-shapes", "--model-input-shapes", help="Freeze input shapes: x:[1,3,224,224] y:[4]",
         rich_help_panel="Data")] = None
     load_inputs: Annotated[Optional[list[Path]], typer.Option(
-        "--load-inputs", help="Input samples: Polygraphy JSON or .npz (several files add samples)",
+        "--load-inputs", "--load-input-data", help="Input samples: Polygraphy JSON or .npz (several files add samples)",
         rich_help_panel="Data")] = None
+    data_loader_script: Annotated[Optional[str], typer.Option(
+        "--data-loader-script", help="Input samples from a Python script: path.py[:function] (default load_data), "
+        "a function that takes no argument and yields {input name: array} dicts", rich_help_panel="Data")] = None
+    external_data_dir: Annotated[Optional[Path], typer.Option(
+        "--external-data-dir", "--load-external-data", "--ext", help="Directory of the model's external weights, "
+        "if not beside the model", rich_help_panel="Data")] = None
     save_inputs: Annotated[Optional[Path], typer.Option(
         "--save-inputs", help="Write the input samples used (Polygraphy JSON, or .npz)", rich_help_panel="Data")] = None
     seed: Annotated[int, typer.Option("--seed", help="Seed of generated inputs", rich_help_panel="Data")] = 1
@@ -114,7 +121,8 @@ class CompareOptions:
     provider: Annotated[str, typer.Option(
         "--provider", help="Target execution provider: cpu, cuda, tensorrt", rich_help_panel="Compare")] = "cpu"
     precision: Annotated[Optional[str], typer.Option(
-        "--precision", help="Run the target in fp16 or bf16 (I/O types kept)", rich_help_panel="Compare")] = None
+        "--precision", "-p", help="Run the target in fp16 or bf16 (I/O types kept); for precision, the precision "
+        "to lower to", rich_help_panel="Compare")] = None
     keep_fp32: Annotated[Optional[list[str]], typer.Option(
         "--keep-fp32", help="Nodes kept in fp32: names, or @keep.json", rich_help_panel="Compare")] = None
     realize: Annotated[Optional[str], typer.Option(
@@ -140,9 +148,9 @@ class CompareOptions:
 @dataclass
 class CheckOptions:
     fail_code: Annotated[Optional[list[int]], typer.Option(
-        "--fail-code", help="Only these exit codes fail", rich_help_panel="Check")] = None
+        "--fail-code", "--fail-returncode", help="Only these exit codes fail", rich_help_panel="Check")] = None
     ignore_fail_code: Annotated[Optional[list[int]], typer.Option(
-        "--ignore-fail-code", help="These exit codes pass", rich_help_panel="Check")] = None
+        "--ignore-fail-code", "--ignore-fail-returncode", help="These exit codes pass", rich_help_panel="Check")] = None
     fail_regex: Annotated[Optional[list[str]], typer.Option(
         "--fail-regex", help="Output matching these regexes fails", rich_help_panel="Check")] = None
     show_output: Annotated[bool, typer.Option(
@@ -181,7 +189,13 @@ class SessionOptions:
     artifacts: Annotated[Optional[list[str]], typer.Option(
         "--artifacts", help="Files to sort into good/ and bad/ after each check", rich_help_panel="Session")] = None
     iter_artifact: Annotated[Optional[str], typer.Option(
-        "--iter-artifact", help="Name of the artifact in each iteration directory", rich_help_panel="Session")] = None
+        "--iter-artifact", "--intermediate-artifact", help="Name of the artifact in each iteration directory", rich_help_panel="Session")] = None
+    art_dir: Annotated[Optional[Path], typer.Option(
+        "--art-dir", "--artifacts-dir", help="Where --artifacts are sorted into good/ and bad/ (default: the session)",
+        rich_help_panel="Session")] = None
+    iter_info: Annotated[Optional[str], typer.Option(
+        "--iter-info", "--iteration-info", help="Write {\"iteration\": N} to this JSON file before each check "
+        "(relative: in the iteration directory)", rich_help_panel="Session")] = None
     no_remove_intermediate: Annotated[bool, typer.Option(
         "--no-remove-intermediate", help="Keep each iteration's artifact", rich_help_panel="Session")] = False
     load_debug_replay: Annotated[Optional[Path], typer.Option(

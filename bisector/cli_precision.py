@@ -35,6 +35,9 @@ def precision(
     order: Annotated[Optional[str], typer.Option("--order", help="Search order: sensitivity (measured per-node error; default for auto) or topo")] = None,
     verify_minimal: Annotated[bool, typer.Option("--verify-minimal", help="Check every removal from the answer instead of inferring it")] = False,
     weights: Annotated[str, typer.Option("--weights", help=WEIGHTS_HELP)] = "auto",
+    fp16: Annotated[bool, typer.Option("--fp16", help="Polygraphy's spelling of --precision fp16")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Polygraphy's spelling of --precision bf16")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Polygraphy's spelling of --precision int8")] = False,
     constraints: Annotated[Optional[str], typer.Option("--precision-constraints", help="TensorRT <= 10.11 only: build each candidate as a weakly typed engine (polygraphy_debug.engine) with the kept layers constrained to fp32, obey or prefer, instead of rewriting the ONNX graph")] = None,
 ):
     """Find the fewest nodes of MODEL to keep in fp32 so that fp16, bf16 or int8 passes the check."""
@@ -45,9 +48,7 @@ def precision(
     from bisector.commands.compare import read_keep
     from bisector.engine import EndpointError
 
-    if cmp.precision is None:
-        raise UserError("precision needs --precision fp16, bf16 or int8")
-    one_of("--precision", cmp.precision, prec.PRECISIONS)
+    cmp = dataclasses.replace(cmp, precision=low_precision(cmp.precision, fp16, bf16, int8))
     one_of("--mode", mode, MODES)
     one_of("--dir", direction, DIRECTIONS)
     if order is not None:
@@ -102,12 +103,38 @@ def precision(
 
     try:
         cli.run_session(strategy_name="precision", model=model, params=opts.params() | {"check": cli._check_argv},
-                        s=s, check=check, setup=setup, finish=finish)
+                        s=s, check=check, setup=setup, finish=finish,
+                        model_data_dir=opts.external_data_dir)
     except EndpointError as exc:
         if realize == "true" and opts.precision != "int8" and cmp.provider == "cpu":
             raise UserError(exc.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 model "
                                               "hides overflow there: try --realize emulate") from None
         raise
+
+
+def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) -> str:
+    """The precision the search lowers nodes to, from bisector's ``--precision fp16|bf16|int8`` or
+    from Polygraphy's ``--fp16``/``--bf16``/``--int8``. With the latter, ``-p/--precision`` is
+    Polygraphy's: the precision of the kept layers, which is always fp32 here."""
+    names = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
+    given = names.get(precision.lower(), precision.lower()) if precision else None
+    flags = [p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8)) if on]
+    if len(flags) > 1:
+        raise UserError(f"--{flags[0]} and --{flags[1]}: give one precision to lower to")
+    if flags:
+        if given not in (None, "fp32"):
+            raise UserError(f"with --{flags[0]}, --precision {precision} is Polygraphy's precision of the kept layers, "
+                            f"and bisector keeps them in fp32 only", hint="drop -p/--precision, or give float32")
+        return flags[0]
+    if given is None:
+        raise UserError("precision needs --precision fp16, bf16 or int8")
+    if given == "fp32":
+        raise UserError(f"--precision {precision} is what the kept nodes run in; give the precision to lower to",
+                        hint="--precision fp16 (or Polygraphy's --fp16 -p float32)")
+    from bisector.commands.precision import PRECISIONS
+
+    one_of("--precision", given, PRECISIONS)
+    return given
 
 
 # ---------------------------------------------------------------------------------------- report

@@ -78,4 +78,5 @@ def reduce(
         report_reduce(cli.console, session, outcome, written, opts, cli._check_argv, cmp)
 
     cli.run_session(strategy_name="reduce", model=model, params=opts.params() | {"check": cli._check_argv},
-                s=s, check=check, setup=setup, finish=finish)
+                    s=s, check=check, setup=setup, finish=finish,
+                    model_data_dir=opts.external_data_dir)

@@ -12,6 +12,7 @@ already holds verdicts: they are answered from the cache, with zero checks.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -31,6 +32,8 @@ from bisector.errors import SessionAborted, UserError
 from bisector.strategies.base import Ask, Candidate, Strategy
 
 log = logging.getLogger(__name__)
+EVENTS_LOGGER = "bisector.events"  # one line per event, for --log-file (the console shows events itself)
+events_log = logging.getLogger(EVENTS_LOGGER)
 
 Listener = Callable[[dict[str, Any]], None]
 CANCEL_POLL_S = 0.1  # how often the end of a search cancels the checks still running
@@ -96,12 +99,15 @@ class Engine:
     ``CUDA_VISIBLE_DEVICES``.
     ``artifacts``: files in the iteration directory to sort into ``good/``/``bad/``.
     ``keep_intermediate``: keep each iteration's artifact (Polygraphy's ``--no-remove-intermediate``).
+    ``art_dir``: where ``good/``/``bad/`` go (Polygraphy's ``--art-dir``; default: the session).
+    ``iter_info``: a JSON file ``{"iteration": N}`` written before each check (Polygraphy's
+    ``--iter-info``); a relative path lands in the iteration directory, where the check runs.
     """
 
     def __init__(self, strategy: Strategy, materializer: Materializer, check: Check, session: Session, *,
                  jobs: int = 1, devices: list[str] | None = None, artifacts: list[str] | None = None,
                  keep_intermediate: bool = False, listeners: list[Listener] | None = None,
-                 check_endpoints: bool = True):
+                 check_endpoints: bool = True, art_dir: Path | None = None, iter_info: str | None = None):
         self.strategy = strategy
         self.materializer = materializer
         self.check = check
@@ -115,6 +121,8 @@ class Engine:
         self.devices = devices or []
         self.artifacts = artifacts or []
         self.keep_intermediate = keep_intermediate
+        self.art_dir = art_dir
+        self.iter_info = iter_info
         self.listeners = listeners or []
         self.check_endpoints = check_endpoints
         self.stats = Stats.of(session.journal)
@@ -134,6 +142,7 @@ class Engine:
     # -- events -----------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
         payload = {"event": event, "time": round(time.time(), 3), **data}
+        _log_event(payload)
         for listen in self.listeners:
             try:
                 listen(payload)
@@ -325,6 +334,10 @@ class Engine:
                 self._started[fp] = (iteration, workdir)
             artifact = self.materializer.materialize(cand, workdir, iteration)
             artifact.session_dir = self.session.root
+            if self.iter_info:
+                info = Path(workdir) / self.iter_info  # an absolute path stays as it is
+                info.parent.mkdir(parents=True, exist_ok=True)
+                info.write_text(json.dumps({"iteration": iteration}))
             if self.devices:
                 device = self.devices[slot % len(self.devices)]
                 artifact.extra_env = {**artifact.extra_env, "CUDA_VISIBLE_DEVICES": device}
@@ -372,7 +385,8 @@ class Engine:
         self.stats.count(result.verdict, result.duration_s)
         self.stats.run_checks += 1
         if self.artifacts:
-            self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value)
+            self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value,
+                                        self.art_dir)
         if not self.keep_intermediate:
             _remove_intermediate(artifact)
         show = getattr(self.check, "should_show", None)
@@ -381,6 +395,20 @@ class Engine:
                   speculative=speculative, note=result.note, exit_code=result.exit_code,
                   output=result.output if (show and show(result)) else "", workdir=str(artifact.workdir),
                   **self._progress())
+
+
+def _log_event(e: dict[str, Any]) -> None:
+    """One log line per event, for ``--log-file`` (the console shows events its own way): verdicts
+    and the start and end at INFO, the rest at DEBUG."""
+    kind = e["event"]
+    if kind == "verdict":
+        note = f" ({e['note']})" if e.get("note") else ""
+        events_log.info("iteration %s: %s [%s] -> %s in %.2f s%s%s", e["iteration"], e["label"], e["phase"], e["verdict"],
+                 e["duration_s"], " (speculative)" if e.get("speculative") else "", note)
+    elif kind in ("start", "done", "dropped"):
+        events_log.info("%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time", "result")})
+    else:
+        events_log.debug("%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time")})
 
 
 def _remove_intermediate(artifact: Artifact) -> None:

@@ -146,3 +146,10 @@ def test_polygraphys_own_replay_cannot_mislead_the_search(tmp_path, capsys):
                     str(tmp_path / "polygraphy_debug_replay.json"), "--check", *check, "--load-inputs", "inputs.json")
     assert code == 0, out
     assert json.loads((tmp_path / "s" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
+
+
+def test_a_check_that_loads_the_full_models_inputs_is_pointed_out(tmp_path, capsys):
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--session",
+                    str(tmp_path / "s"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4",
+                    "--load-inputs", "my_data.json")
+    assert "warning: the check loads my_data.json, not the inputs.json bisector writes" in " ".join(out.split())

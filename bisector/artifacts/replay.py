@@ -98,7 +98,7 @@ def with_session(argv: list[str], root: str) -> list[str]:
 def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
     """``argv`` with bisector's flag ``names`` (``-o``/``--output``: any spelling of one flag) set to
     ``value``, added before ``--check`` if it is not there; the check command is never touched."""
-    end = argv.index("--check") if "--check" in argv else len(argv)
+    end = _check_start(argv)
     head, tail = list(argv[:end]), argv[end:]
     for i, arg in enumerate(head):
         if arg in names and i + 1 < len(head):
@@ -111,9 +111,14 @@ def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
     return head + [names[-1], value] + tail
 
 
+def _check_start(argv: list[str]) -> int:
+    """Where the check command starts (its ``--check``/``--check-inference``), or the end."""
+    return next((i for i, a in enumerate(argv) if a in ("--check", "--check-inference")), len(argv))
+
+
 def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
     """The value of bisector's flag ``names`` in ``argv`` (before ``--check``), or None."""
-    end = argv.index("--check") if "--check" in argv else len(argv)
+    end = _check_start(argv)
     for i, arg in enumerate(argv[:end]):
         if arg in names and i + 1 < end:
             return argv[i + 1]

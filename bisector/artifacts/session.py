@@ -133,9 +133,10 @@ class Session:
         d.mkdir(exist_ok=True)
         return d
 
-    def sort_artifacts(self, iteration: int, workdir: Path, names: list[str], verdict: str) -> list[Path]:
-        """Move files named by ``--artifacts`` into ``good/`` or ``bad/`` as
-        ``<base>_N<iteration><ext>`` (Polygraphy's layout, without the timestamp)."""
+    def sort_artifacts(self, iteration: int, workdir: Path, names: list[str], verdict: str,
+                       art_dir: Path | None = None) -> list[Path]:
+        """Move files named by ``--artifacts`` into ``good/`` or ``bad/`` of ``art_dir`` (default: the
+        session) as ``<base>_N<iteration><ext>`` (Polygraphy's layout, without the timestamp)."""
         moved = []
         if verdict not in ("good", "bad"):
             return moved
@@ -143,8 +144,8 @@ class Session:
             src = Path(name) if Path(name).is_absolute() else workdir / name
             if not src.exists():
                 continue
-            dest_dir = self.root / verdict
-            dest_dir.mkdir(exist_ok=True)
+            dest_dir = Path(art_dir or self.root) / verdict
+            dest_dir.mkdir(parents=True, exist_ok=True)
             dest = dest_dir / f"{src.stem}_N{iteration}{src.suffix}"
             shutil.move(str(src), dest)
             moved.append(dest)

@@ -4,12 +4,17 @@ weights come from, and the input samples every candidate is run on.
 Example::
 
     opts = ReduceOptions(model=Path("model.onnx"), load_inputs=[Path("inputs.json")])
-    prepared = prepare(opts.model, shapes=frozen_shapes(opts), weights_dir=root / "weights")
+    shapes, source = frozen_shapes(opts)
+    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
+                       weights_dir=root / "weights")
     samples = input_samples(prepared, opts)
 """
 
 from __future__ import annotations
 
+import functools
+import runpy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from bisector.model.shapes import shapes_from_samples
 DEFAULT_ARTIFACT = "polygraphy_debug.onnx"  # Polygraphy's name: its users' checks already say it
 INPUTS_NAME = "inputs.json"  # beside the artifact; {inputs} and $BISECTOR_INPUTS name it
 WEIGHT_MODES = ("auto", "link", "embed")
+DATA_LOADER_FUNCTION = "load_data"  # what --data-loader-script calls unless told (Polygraphy's default)
 
 
 @dataclass
@@ -36,6 +42,8 @@ class CandidateOptions:
     output: Path | None = None
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     load_inputs: list[Path] = field(default_factory=list)
+    data_loader_script: str | None = None  # Polygraphy's --data-loader-script path.py[:function]
+    external_data_dir: Path | None = None  # Polygraphy's --external-data-dir: the weights, if not beside the model
     seed: int = 1
     val_range: dict[str, tuple[float, float]] | None = None
     samples: int = 1
@@ -46,40 +54,100 @@ class CandidateOptions:
     def data_params(self) -> dict[str, Any]:
         """The part of a search's params (compared on resume) that these fields make."""
         return {"input_shapes": self.input_shapes, "load_inputs": [str(p) for p in self.load_inputs],
+                "data_loader_script": self.data_loader_script,
+                "external_data_dir": str(self.external_data_dir) if self.external_data_dir else None,
                 "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
                 "iter_artifact": self.iter_artifact, "weights": self.weights}
 
 
-def frozen_shapes(opts: CandidateOptions) -> dict[str, list[int]]:
-    """``--input-shapes``, else the shapes of the first loaded sample, else nothing to freeze."""
+def frozen_shapes(opts: CandidateOptions) -> tuple[dict[str, list[int]], str]:
+    """``--input-shapes``, else the shapes of the first loaded sample, else nothing to freeze; and
+    the flag they came from."""
     if opts.input_shapes:
-        return dict(opts.input_shapes)
-    if opts.load_inputs:
-        return shapes_from_samples([s for p in opts.load_inputs[:1] for s in load_inputs(p)])
-    return {}
+        return dict(opts.input_shapes), "--input-shapes"
+    loaded = loaded_samples(opts.load_inputs, opts.data_loader_script)
+    if loaded:
+        return shapes_from_samples(loaded[:1]), sample_source(opts.load_inputs, opts.data_loader_script)
+    return {}, "--input-shapes"
 
 
 def input_samples(prepared: Prepared, opts: CandidateOptions) -> list[dict[str, np.ndarray]]:
     """The samples every candidate of a search runs on: see :func:`model_samples`."""
-    return model_samples(prepared.model, opts.load_inputs, opts.samples, opts.seed, opts.val_range)
+    return model_samples(prepared.model, opts.load_inputs, opts.samples, opts.seed, opts.val_range,
+                         opts.data_loader_script)
 
 
-def model_samples(model: onnx.ModelProto, load: list[Path] | None, samples: int = 1, seed: int = 1,
-                  val_range=None) -> list[dict[str, np.ndarray]]:
-    """Every sample of the ``--load-inputs`` files (names checked against the model's inputs), or
-    ``samples`` generated ones (``--seed``, ``--val-range``)."""
-    expected = set(default_specs(model))
+def sample_source(load: list[Path] | None, script: str | None) -> str:
+    return "--data-loader-script" if script else "--load-inputs"
+
+
+def loaded_samples(load: list[Path] | None, script: str | None) -> list[dict[str, np.ndarray]] | None:
+    """The samples of the ``--load-inputs`` files or of ``--data-loader-script``; None for neither."""
+    if script:
+        if load:
+            raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
+        return script_samples(script)
     if load:
         data = [s for p in load for s in load_inputs(p)]
         if not data:
             raise UserError(f"{load[0]}: holds no input samples")
-        for s in data:
-            unknown = set(s) - expected
-            if unknown:
-                raise UserError(f"--load-inputs has data for {', '.join(sorted(unknown))}, which the model has "
-                                f"no input named", hint=f"the model's inputs are {', '.join(sorted(expected)) or 'none'}")
         return data
-    return generate_inputs(default_specs(model), samples=samples, seed=seed, val_range=val_range)
+    return None
+
+
+def model_samples(model: onnx.ModelProto, load: list[Path] | None, samples: int = 1, seed: int = 1,
+                  val_range=None, script: str | None = None) -> list[dict[str, np.ndarray]]:
+    """Every loaded sample (``--load-inputs`` or ``--data-loader-script``), checked against the
+    model's inputs (names and dtypes), or ``samples`` generated ones (``--seed``, ``--val-range``)."""
+    specs = default_specs(model)
+    data = loaded_samples(load, script)
+    if data is None:
+        return generate_inputs(specs, samples=samples, seed=seed, val_range=val_range)
+    source = sample_source(load, script)
+    for s in data:
+        unknown = set(s) - set(specs)
+        if unknown:
+            raise UserError(f"{source} has data for {', '.join(sorted(unknown))}, which the model has no input "
+                            f"named", hint=f"the model's inputs are {', '.join(sorted(specs)) or 'none'}")
+        for name, arr in s.items():
+            if np.asarray(arr).dtype != specs[name][0]:
+                raise UserError(f"{source} gives {name!r} as {np.asarray(arr).dtype}, the model wants {specs[name][0]}")
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def _script_samples(spec: str) -> tuple[dict[str, np.ndarray], ...]:
+    path, _, func = spec.partition(":")
+    func = func or DATA_LOADER_FUNCTION
+    if not Path(path).is_file():
+        raise UserError(f"--data-loader-script {path}: no such file")
+    try:
+        namespace = runpy.run_path(path)
+    except Exception as exc:
+        raise UserError(f"--data-loader-script {path} raised {type(exc).__name__}: {exc}") from None
+    if not callable(namespace.get(func)):
+        raise UserError(f"--data-loader-script {path} defines no function {func!r}",
+                        hint="name another one with path.py:function")
+    out = []
+    try:
+        for i, sample in enumerate(namespace[func]()):
+            if not isinstance(sample, Mapping):
+                raise UserError(f"--data-loader-script {spec}: sample {i} is a {type(sample).__name__}, "
+                                f"not a dict of input name to array")
+            out.append({str(k): np.asarray(v) for k, v in sample.items()})
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"--data-loader-script {spec} raised {type(exc).__name__}: {exc}") from None
+    if not out:
+        raise UserError(f"--data-loader-script {spec} yielded no samples")
+    return tuple(out)
+
+
+def script_samples(spec: str) -> list[dict[str, np.ndarray]]:
+    """The samples that Polygraphy's ``--data-loader-script path.py[:function]`` yields (the
+    function takes no argument; ``load_data`` by default). Run once per process."""
+    return [dict(s) for s in _script_samples(spec)]
 
 
 def weights_embedded(mode: str, prepared: Prepared, command_check: bool = True) -> bool:

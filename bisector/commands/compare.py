@@ -15,11 +15,10 @@ import numpy as np
 import onnx
 
 from bisector.backends.target import Target, run_reference
-from bisector.commands.candidates import model_samples
+from bisector.commands.candidates import loaded_samples, model_samples, sample_source
 from bisector.comparator import compare_samples
 from bisector.comparator_config import CompareConfig
 from bisector.comparator_results import SamplesComparison
-from bisector.data import load_inputs
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.graph import name_nodes, toposort
@@ -54,29 +53,32 @@ def read_keep(values: list[str] | None) -> frozenset[str]:
     return frozenset(names)
 
 
-def load_model(path: Path, shapes: dict[str, list[int]], samples_for_shapes=None) -> onnx.ModelProto:
-    model = mio.load(path)
+def load_model(path: Path, shapes: dict[str, list[int]], samples_for_shapes=None,
+               samples_source: str = "--load-inputs", data_dir: Path | None = None) -> onnx.ModelProto:
+    model = mio.load(path, data_dir=data_dir)
     mio.drop_initializer_inputs(model)
     mio.normalize_ir(model)
     name_nodes(model)
+    source = "--input-shapes"
     if not shapes and samples_for_shapes:
-        shapes = shapes_from_samples(samples_for_shapes)
-    freeze_inputs(model, shapes)
+        shapes, source = shapes_from_samples(samples_for_shapes), samples_source
+    freeze_inputs(model, shapes, source)
     toposort(model)
     return model
 
 
 def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: dict[str, list[int]],
                 load: list[Path] | None = None, samples: int = 1, seed: int = 1, val_range=None,
-                reference: str = "onnxrt", reference_outputs=None) -> CompareRun:
-    preloaded = [s for p in load for s in load_inputs(p)] if load else None
-    model = load_model(path, shapes, preloaded)
+                reference: str = "onnxrt", reference_outputs=None, script: str | None = None,
+                data_dir: Path | None = None) -> CompareRun:
+    model = load_model(path, shapes, loaded_samples(load, script), sample_source(load, script), data_dir)
+    weights = Path(data_dir) if data_dir else path.parent
     unknown = sorted(target.keep - {n.name for n in model.graph.node})
     if unknown:
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
-    data = model_samples(model, load, samples, seed, val_range)
+    data = model_samples(model, load, samples, seed, val_range, script)
     with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:
-        ref = reference_outputs or run_reference(reference, model, path.parent, Path(tmp), data)
-        out = target.run(model, path.parent, Path(tmp), data, output_names=list(ref[0]))
+        ref = reference_outputs or run_reference(reference, model, weights, Path(tmp), data)
+        out = target.run(model, weights, Path(tmp), data, output_names=list(ref[0]))
     return CompareRun(compare_samples(out, ref, config), data, out, ref, target)

@@ -157,7 +157,9 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
     """Everything before the search; on resume the recording, calibration and errors are reused."""
     one_of("--precision", opts.precision, PRECISIONS)
     root = Path(session_root)
-    prepared = prepare(opts.model, shapes=frozen_shapes(opts), weights_dir=root / "weights")
+    shapes, source = frozen_shapes(opts)
+    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
+                       weights_dir=root / "weights")
     samples = input_samples(prepared, opts)
     inputs_file = save_inputs(samples, root / INPUTS_NAME)
     names = [n.name for n in prepared.model.graph.node]

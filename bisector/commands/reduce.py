@@ -108,7 +108,9 @@ def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.nda
 
 def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStrategy, ReduceMaterializer]:
     """Everything before the search; cheap on resume (the recording is reused)."""
-    prepared = prepare(opts.model, shapes=frozen_shapes(opts), weights_dir=session_root / "weights")
+    shapes, source = frozen_shapes(opts)
+    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
+                       weights_dir=session_root / "weights")
     samples = input_samples(prepared, opts)
     store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations")
     index = GraphIndex(prepared.model)

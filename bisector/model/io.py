@@ -40,8 +40,9 @@ _PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in (
     ("FLOAT6E3M2", 6)) if hasattr(onnx.TensorProto, name)}
 
 
-def load(path: str | os.PathLike, *, check_external: bool = True) -> onnx.ModelProto:
-    """Read an ONNX model, leaving external weights on disk.
+def load(path: str | os.PathLike, *, check_external: bool = True, data_dir: Path | None = None) -> onnx.ModelProto:
+    """Read an ONNX model, leaving external weights on disk (in ``data_dir``, Polygraphy's
+    ``--external-data-dir``, or else beside the model).
 
     Raises ``UserError`` (exit 2) for a missing file, a file that is not ONNX, a truncated
     protobuf, or (with ``check_external``) a missing external-data file.
@@ -58,11 +59,13 @@ def load(path: str | os.PathLike, *, check_external: bool = True) -> onnx.ModelP
     if len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise UserError(f"{p}: not an ONNX model (no graph found; truncated or a different format?)")
     if check_external:
-        missing = missing_external_files(model, p.parent)
+        missing = missing_external_files(model, Path(data_dir) if data_dir else p.parent)
+        if missing and data_dir:
+            raise UserError(f"{p}: external data file {missing[0]!r} not found in {data_dir} (--external-data-dir)")
         if missing:
             raise UserError(
                 f"{p}: external data file {missing[0]!r} not found next to the model",
-                hint="keep the weight file beside the .onnx file, as it was exported",
+                hint="keep the weight file beside the .onnx file, as it was exported, or give --external-data-dir",
             )
     return model
 

@@ -31,24 +31,27 @@ class Prepared:
     source: Path
 
 
-def source_fingerprint(path: Path) -> str:
+def source_fingerprint(path: Path, data_dir: Path | None = None) -> str:
     """Fingerprint of the user's model file as given (structure + weights, hashed once)."""
-    model = mio.load(path)
-    return model_fingerprint(model, path.parent)
+    model = mio.load(path, data_dir=data_dir)
+    return model_fingerprint(model, Path(data_dir) if data_dir else path.parent)
 
 
 def prepare(path: str | Path, *, shapes: dict[str, list[int]] | None = None, fold: bool = True,
-            weights_dir: Path | None = None) -> Prepared:
-    """Load and normalise ``path``. Embedded weights go to ``weights_dir/weights.bin`` (if given)."""
+            weights_dir: Path | None = None, shapes_source: str = "--input-shapes",
+            data_dir: Path | None = None) -> Prepared:
+    """Load and normalise ``path``. Embedded weights go to ``weights_dir/weights.bin`` (if given).
+    ``shapes_source`` names the flag ``shapes`` came from, for error messages; ``data_dir`` holds
+    the model's external weights if they are not beside it."""
     path = Path(path)
-    model = mio.load(path)
-    fp = model_fingerprint(model, path.parent)
+    model = mio.load(path, data_dir=data_dir)
+    base = Path(data_dir) if data_dir else path.parent
+    fp = model_fingerprint(model, base)
     mio.drop_initializer_inputs(model)
     mio.normalize_ir(model)
     name_nodes(model)
-    freeze_inputs(model, shapes or {})
+    freeze_inputs(model, shapes or {}, shapes_source)
     toposort(model)
-    base = path.parent
     if fold:
         model = fold_constants(model)
         name_nodes(model)

@@ -92,18 +92,21 @@ def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int | 
     return specs
 
 
-def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]],
+                  source: str = "--input-shapes") -> onnx.ModelProto:
     """Set the given inputs' shapes (in place); every input must end up static.
 
     Raises ``UserError`` for a name that is not a graph input, a rank that does not match, or a
-    dynamic input left without a shape (naming the flag to use).
+    dynamic input left without a shape (naming the flag to use). ``source`` is the flag the shapes
+    came from: shapes of loaded data (``--load-inputs``) must also match the model's fixed
+    dimensions, which ``--input-shapes`` may override (with a warning, as in Polygraphy).
     """
     dims = input_dims(model)
     for name, new in shapes.items():
         if any(not isinstance(d, int) for d in new):
-            raise UserError(f"--input-shapes {name}:{new}: every dimension must be a number to freeze the shape")
+            raise UserError(f"{source} {name}:{new}: every dimension must be a number to freeze the shape")
         if name not in dims:
-            raise UserError(f"--input-shapes names {name!r}, which is not an input of the model",
+            raise UserError(f"{source} names {name!r}, which is not an input of the model",
                             hint=f"inputs are: {', '.join(dims) or 'none'}")
     for vi in model.graph.input:
         if vi.name not in dims:
@@ -112,9 +115,11 @@ def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.
             new = shapes[vi.name]
             old = dims[vi.name]
             if old and len(old) != len(new):
-                raise UserError(f"--input-shapes gives {vi.name!r} rank {len(new)}, the model says rank {len(old)} {old}")
+                raise UserError(f"{source} gives {vi.name!r} rank {len(new)}, the model says rank {len(old)} {old}")
             for d, old_d in zip(new, old):
                 if isinstance(old_d, int) and old_d > 0 and old_d != d:
+                    if source != "--input-shapes":
+                        raise UserError(f"{source} gives {vi.name!r} shape {list(new)}, the model says {old}")
                     log.warning("input %s: overriding fixed dimension %s with %s", vi.name, old_d, d)
             shape = vi.type.tensor_type.shape
             shape.ClearField("dim")

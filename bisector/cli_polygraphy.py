@@ -1,0 +1,155 @@
+"""Polygraphy's flags that are not bisector options, so that a ``polygraphy debug`` command line with
+``polygraphy debug`` replaced by ``bisector`` runs as it is.
+
+- Logging (``-v``, ``--verbosity``, ``--silent``, ``--log-file``): they set up Python logging for
+  the ``bisector`` loggers, as Polygraphy's do for its logger.
+- Flags with nothing to do here (shape inference switches, how Polygraphy saves external data,
+  its replay file): taken out, and each is named in one note line with the reason.
+- Flags bisector cannot honour (``--ignore-external-data``, ``--fp-to-fp16``): refused, with the
+  reason and what to do instead.
+
+Example::
+
+    argv, notes, verbosity = take_polygraphy_flags(["-v", "--no-shape-inference", "m.onnx"])
+    # argv == ["m.onnx"]; notes == ["--no-shape-inference: ..."]; verbosity.level == logging.INFO
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bisector.errors import UserError
+
+# Polygraphy's verbosity names (its Logger class), as Python logging levels.
+VERBOSITY_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
+                    "info": logging.INFO, "start": logging.INFO, "finish": logging.INFO, "verbose": logging.DEBUG,
+                    "extra_verbose": logging.DEBUG, "super_verbose": logging.DEBUG, "ultra_verbose": logging.DEBUG}
+LOG_FORMAT = "bisector: %(levelname)s: %(message)s"
+LOG_FILE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+# flag: (how many values it takes: 0, 1, "?" (optional) or "+" (until the next flag), why it changes nothing)
+NO_EFFECT = {
+    "--no-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
+    "--no-onnxruntime-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
+    "--log-format": ("+", "bisector's log lines have one format"),
+    "--save-external-data": ("?", "candidates link or embed the session's weights (see --weights)"),
+    "--external-data-path": ("?", "candidates link or embed the session's weights (see --weights)"),
+    "--external-data-size-threshold": (1, "candidates link or embed the session's weights (see --weights)"),
+    "--no-save-all-tensors-to-one-file": (0, "candidates link or embed the session's weights (see --weights)"),
+    "--save-debug-replay": (1, "every verdict is in the session's journal: `bisector log SESSION` prints it and "
+                               "`bisector replay` replays it"),
+    "--data-loader-backend-module": (1, "inputs are generated with numpy"),
+}
+REFUSED = {
+    "--ignore-external-data": (0, "a reduce runs its candidates, which needs the weights",
+                               "give --external-data-dir DIR if they are elsewhere"),
+    "--fp-to-fp16": (0, "bisector does not convert the model before a search",
+                     "convert it first, or find what fails in fp16 with `bisector precision --precision fp16`"),
+}
+
+
+@dataclass
+class Verbosity:
+    level: int = logging.WARNING
+    silent: bool = False
+    log_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def configure(self) -> None:
+        """Route the ``bisector`` loggers to stderr at ``level`` (nothing when silent), and to
+        ``log_file`` too if given."""
+        from bisector.engine import EVENTS_LOGGER
+
+        logger = logging.getLogger("bisector")
+        for h in list(logger.handlers):
+            if getattr(h, "_bisector", False):
+                logger.removeHandler(h)
+                h.close()
+        handlers: list[logging.Handler] = []
+        if not self.silent:
+            handlers.append(logging.StreamHandler())
+            handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
+            handlers[-1].addFilter(lambda record: not record.name.startswith(EVENTS_LOGGER))
+            handlers[-1].setLevel(self.level)
+        if self.log_file is not None:
+            try:
+                handlers.append(logging.FileHandler(self.log_file))
+            except OSError as exc:
+                raise UserError(f"--log-file {self.log_file}: {exc.strerror or exc}") from None
+            handlers[-1].setFormatter(logging.Formatter(LOG_FILE_FORMAT))
+            handlers[-1].setLevel(min(self.level, logging.INFO))
+        for h in handlers:
+            h._bisector = True  # type: ignore[attr-defined]
+            logger.addHandler(h)
+        logger.setLevel(min([h.level for h in handlers], default=logging.CRITICAL))
+
+
+def take_polygraphy_flags(argv: list[str]) -> tuple[list[str], list[str], Verbosity]:
+    """``argv`` (the options before ``--check``) without Polygraphy's logging flags and the flags
+    that change nothing here; the notes to print about the latter; the logging they ask for."""
+    out: list[str] = []
+    v = Verbosity()
+    verbose = 0
+    explicit: int | None = None
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, inline = tok.partition("=")
+        if tok in ("-v", "--verbose") or (tok.startswith("-v") and set(tok[1:]) == {"v"}):
+            verbose += 1 if tok.startswith("--") else len(tok) - 1
+        elif name == "--silent":
+            v.silent = True
+        elif name == "--verbosity":
+            values, i = _values(argv, i, inline if eq else None, "+")
+            explicit = _verbosity(values)
+            continue
+        elif name == "--log-file":
+            values, i = _values(argv, i, inline if eq else None, 1)
+            v.log_file = Path(values[0])
+            continue
+        elif name in NO_EFFECT:
+            nargs, why = NO_EFFECT[name]
+            values, i = _values(argv, i, inline if eq else None, nargs)
+            if name == "--data-loader-backend-module" and values != ["numpy"]:
+                raise UserError(f"--data-loader-backend-module {values[0]}: bisector generates inputs with numpy only",
+                                hint="drop the flag, or save torch-generated inputs and pass --load-inputs")
+            v.notes.append(f"{name}: no effect in bisector ({why})")
+            continue
+        elif name in REFUSED:
+            _, why, hint = REFUSED[name]
+            raise UserError(f"{name} is Polygraphy's and cannot work here: {why}", hint=hint)
+        else:
+            out.append(tok)
+        i += 1
+    v.level = explicit if explicit is not None else max(logging.DEBUG, logging.WARNING - 10 * verbose)
+    return out, v.notes, v
+
+
+def _values(argv: list[str], i: int, inline: str | None, nargs) -> tuple[list[str], int]:
+    """The values of the flag at ``argv[i]`` and the index after them."""
+    if inline is not None:
+        return [inline], i + 1
+    rest = argv[i + 1:]
+    if nargs == 0:
+        return [], i + 1
+    if nargs == "?":
+        return (rest[:1], i + 2) if rest and not rest[0].startswith("-") else ([], i + 1)
+    if not rest or rest[0].startswith("-"):
+        raise UserError(f"{argv[i]} needs a value")
+    if nargs == 1:
+        return rest[:1], i + 2
+    n = next((k for k, a in enumerate(rest) if a.startswith("-")), len(rest))
+    return rest[:n], i + 1 + n
+
+
+def _verbosity(values: list[str]) -> int:
+    """Polygraphy's ``--verbosity INFO`` (or ``path:LEVEL`` per path: the last level counts here)."""
+    level = logging.WARNING
+    for value in values:
+        word = value.rpartition(":")[2].strip().lower()
+        if word not in VERBOSITY_LEVELS:
+            raise UserError(f"--verbosity {value!r}: choose one of {', '.join(VERBOSITY_LEVELS)}")
+        level = VERBOSITY_LEVELS[word]
+    return level
