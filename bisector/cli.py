@@ -349,8 +349,8 @@ def compare(
                   f"{len(run.samples)} sample(s)", highlight=False)
     for sample in run.comparison.samples:
         console.print(render_comparison(sample))
-    verdict = "[green]PASSED[/]" if run.comparison.passed else "[red]FAILED[/]"
-    console.print(f"{verdict} {run.comparison.summary()}", highlight=False)
+    console.print(run.comparison.summary(), style="bold green" if run.comparison.passed else "bold red",
+                  highlight=False, soft_wrap=True)
     raise typer.Exit(0 if run.comparison.passed else EXIT_BAD)
 
 
@@ -431,6 +431,13 @@ def repeat(
 
 
 # ---------------------------------------------------------------------------------------- entry point
+try:  # recent typers vendor click; older ones use click itself
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException as _ClickException
+CLICK_ERRORS = (_ClickException,)  # shown as one "bisector: error:" line, not typer's usage block
+
+
 @guarded
 def _polygraphy_flags(opts: list[str]) -> list[str]:
     """Set up logging from Polygraphy's logging flags, say which of its flags change nothing here,
@@ -453,10 +460,21 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
         code = EXIT_USAGE
     else:
         try:
-            app(args=_polygraphy_flags(opts), prog_name="bisector", standalone_mode=True)
-            code = 0
+            rv = app(args=_polygraphy_flags(opts), prog_name="bisector", standalone_mode=False)
+            code = rv if isinstance(rv, int) else 0
         except typer.Exit as exc:  # from _polygraphy_flags, outside the app
             code = exc.exit_code
+        except CLICK_ERRORS as exc:  # typer's own: an unknown flag, a value of the wrong type
+            console.print(f"[bold red]bisector: error:[/] {escape(exc.format_message())}", highlight=False,
+                          soft_wrap=True)
+            ctx = getattr(exc, "ctx", None)
+            if exc.exit_code == EXIT_USAGE:
+                where = ctx.command_path if ctx is not None else "bisector"
+                console.print(f"  hint: {where} --help", highlight=False, style="dim", soft_wrap=True)
+            code = exc.exit_code
+        except typer.Abort:
+            console.print("[yellow]stopped[/]", highlight=False)
+            code = EXIT_STOPPED
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     if exit:
@@ -466,5 +484,12 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
 
 from bisector import cli_precision, cli_reduce  # noqa: E402  (declared apart; they import this module lazily)
 
+CHECK_EPILOG = ("--check CMD ...: everything after --check (or --check-inference) is the check command, as in "
+                "Polygraphy. It runs in each iteration directory, where the candidate is polygraphy_debug.onnx and "
+                "its inputs inputs.json ({artifact}, {inputs}, $BISECTOR_ARTIFACT, $BISECTOR_INPUTS): exit 0 is good, "
+                "another code bad, 125 skip. Without --check: --compare, --check-func, --check-script, or you are "
+                "asked at each iteration.")
+
 for _command in (cli_reduce.reduce, cli_precision.precision, compare, repeat, resume, log, replay):
-    app.command(name=_command.__name__)(_command)  # the order of `bisector --help`
+    app.command(name=_command.__name__,  # registered in the order `bisector --help` lists them
+                epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat") else None)(_command)

@@ -141,7 +141,7 @@ def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) 
 def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
     from bisector.artifacts.report import write_reports
     from bisector.commands.precision_sensitivity import error_table
-    from bisector.commands.reduce_report import reproduce_command
+    from bisector.commands.reduce_report import checks_line, reproduce_command
     from bisector.data import save_outputs
     from bisector.tables import NodeTable
 
@@ -176,10 +176,9 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
                   answer_md="\n".join(md), reproduce=repro)
 
     console.print(table.rich())
-    console.print(f"{minimal}; checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "
-                  f"{outcome.stats.elapsed:.1f} s", highlight=False)
+    console.print(f"{minimal}; {checks_line(outcome.stats)}", highlight=False)
     console.print(f"[bold]mixed model:[/] {opts.output or written['mixed']}", highlight=False)
-    console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False)
+    console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)
 
 
 def phase_rows(session) -> list[tuple[str, int, str]]:

@@ -153,3 +153,15 @@ def test_a_check_that_loads_the_full_models_inputs_is_pointed_out(tmp_path, caps
                     str(tmp_path / "s"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4",
                     "--load-inputs", "my_data.json")
     assert "warning: the check loads my_data.json, not the inputs.json bisector writes" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["reduce", "--bogus"], "bisector: error: No such option: --bogus"),
+    (["reduce", "m.onnx", "-j", "x"], "bisector: error: Invalid value for '-j' / '--jobs'"),
+    (["nope"], "bisector: error: No such command 'nope'"),
+])
+def test_typer_usage_errors_are_one_line(capsys, argv, message):
+    code, out = run(capsys, *argv)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert code == 2 and lines[0].startswith(message) and len(lines) == 2 and "--help" in lines[1]
+    assert "Usage:" not in out

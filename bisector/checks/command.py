@@ -106,7 +106,7 @@ class CommandCheck:
         if show_output and hide_fail_output:
             raise UserError("--show-output and --hide-fail-output exclude each other")
         if timeout_s is not None and timeout_s <= 0:
-            raise UserError(f"--timeout {timeout_s}: expected a positive number of seconds")
+            raise UserError(f"--check-timeout {timeout_s}: expected a positive number of seconds")
         first = argv[0]
         if os.sep in first and not os.path.isabs(first):
             first = os.path.abspath(first)

@@ -33,6 +33,7 @@ class CompareCheck:
         verdict = Verdict.GOOD if cmp.passed else Verdict.BAD
         worst = _worst_output(cmp)
         return CheckResult(verdict=verdict, output=cmp.summary(), duration_s=time.monotonic() - start,
+                           note="" if cmp.passed else cmp.summary(),  # shown beside the verdict, kept in the report
                            metrics={"worst_output": worst, "target": self.target.describe()})
 
     def should_show(self, result: CheckResult) -> bool:

@@ -137,8 +137,10 @@ def write_result(outcome: Outcome, materializer: ReduceMaterializer, opts: Reduc
     if res.get("min_good") is not None:
         good = materializer.cutter.cut(res["min_good"])
         out["min_good"] = str(mio.save_standalone(good.model, result_dir / "min_good.onnx", prepared.weights_dir))
+        out["min_good_inputs"] = str(save_inputs(materializer.feeds(good.inputs), result_dir / "min_good_inputs.json"))
         if opts.min_good:
             mio.save_standalone(good.model, opts.min_good, prepared.weights_dir)
+            save_inputs(materializer.feeds(good.inputs), _inputs_beside(opts.min_good))
     idx = materializer.cutter.index
     out["culprits"] = [{"name": idx.names[i], "op_type": idx.ops[i], "inputs": idx.inputs[i],
                         "outputs": idx.outputs[i]} for i in res["nodes"]]

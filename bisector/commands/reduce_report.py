@@ -67,6 +67,19 @@ def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, 
     return cmd
 
 
+def count(n: int, noun: str) -> str:
+    """``1 check``, ``2 checks``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def checks_line(stats) -> str:
+    """What the search cost: checks over the whole session (and this run's share, on resume), and
+    the asks the journal answered without a check."""
+    this_run = f" ({stats.run_checks} in this run)" if stats.run_checks != stats.checks else ""
+    cached = f", {count(stats.cached, 'answer')} from earlier verdicts" if stats.cached else ""
+    return f"checks: {stats.checks} in the session{this_run}{cached}; {stats.elapsed:.1f} s"
+
+
 def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> None:
     res = outcome.result
     phases = phase_table(session, res["original_nodes"])
@@ -81,7 +94,7 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
           f"({outcome.stats.cached} cached verdicts reused).", "", *table.markdown()]
     md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
     if written.get("min_good"):
-        md.append(f"- min-good model: `{written['min_good']}`")
+        md.append(f"- min-good model: `{written['min_good']}` (inputs: `{written['min_good_inputs']}`)")
     if res.get("one_minimal") is not None:
         md.append(f"- 1-minimal proof: {'every single removal passes' if res['one_minimal'] else 'NOT 1-minimal'}")
     md += ["", "## Phases", "", "| phase | checks | size after |", "|---|---|---|"]
@@ -90,11 +103,10 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
                   answer_md="\n".join(md), reproduce=repro)
 
     console.print(table.rich())
-    console.print("phases: " + ", ".join(f"{p['phase']} {p['checks']} checks -> {p['size_after']} nodes" for p in phases),
-                  highlight=False)
-    console.print(f"checks: {outcome.stats.checks} run, {outcome.stats.cached} cached; "
-                  f"{outcome.stats.elapsed:.1f} s", highlight=False)
+    console.print("phases: " + ", ".join(f"{p['phase']} {count(p['checks'], 'check')} -> "
+                                         f"{count(p['size_after'], 'node')}" for p in phases), highlight=False)
+    console.print(checks_line(outcome.stats), highlight=False)
     if opts.output:
         console.print(f"[bold]reduced model:[/] {opts.output}", highlight=False)
     if repro:
-        console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False)
+        console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)

@@ -31,6 +31,7 @@ from bisector.checks.base import Verdict
 from bisector.strategies.base import Candidate, Search, Strategy, bisect, ddmin
 
 MODES = ("auto", "bisect", "linear")
+SPAN_GAPS_SHOWN = 3  # nodes named in a label for what a candidate leaves out between its ends
 
 
 class ReduceStrategy(Strategy):
@@ -93,7 +94,13 @@ class ReduceStrategy(Strategy):
         items = sorted(items)
         if len(items) == 1:
             return f"1 node: {self.names[items[0]]}"
-        return f"{len(items)} nodes: {self.names[items[0]]} .. {self.names[items[-1]]}"
+        text = f"{len(items)} nodes: {self.names[items[0]]} .. {self.names[items[-1]]}"
+        present = set(items)
+        gaps = [i for i in range(items[0], items[-1] + 1) if i not in present]
+        if gaps:  # tell apart candidates with the same ends (ddmin removes chunks from the middle)
+            shown = ", ".join(self.names[i] for i in gaps[:SPAN_GAPS_SHOWN])
+            text += f" without {shown}" + (f" +{len(gaps) - SPAN_GAPS_SHOWN}" if len(gaps) > SPAN_GAPS_SHOWN else "")
+        return text
 
     def on_verdict(self, candidate: Candidate, verdict: Verdict) -> None:
         if verdict == Verdict.BAD:
@@ -117,7 +124,7 @@ class ReduceStrategy(Strategy):
         p = n - 1
         if self.reduce_outputs and n > 1:
             def prefix(i: int) -> Candidate:
-                return self.cand(range(i + 1), "suffix", f"prefix, {self.span(range(i + 1))}")
+                return self.cand(range(i + 1), "suffix", f"up to {self.names[i]}, {self.span(range(i + 1))}")
 
             _, p = yield from self.track(bisect(-1, n - 1, prefix, self.ask, self.progress, bad_side="high"))
             if frozenset(range(p + 1)) not in self.bad:  # skips left it untested

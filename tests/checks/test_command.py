@@ -334,7 +334,7 @@ def test_option_errors_are_user_errors():
         CommandCheck(["true"], show_output=True, hide_fail_output=True)
     with pytest.raises(UserError, match="--on-crash"):
         CommandCheck(["true"], on_crash="retry")
-    with pytest.raises(UserError, match="--timeout"):
+    with pytest.raises(UserError, match="--check-timeout"):
         CommandCheck(["true"], timeout_s=0)
 
 
