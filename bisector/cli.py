@@ -273,9 +273,10 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
     model_meta = _session_model(model, model_data_dir) if model is not None else None
     session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
                            model=model_meta)
-    verb = "resuming" if session.resumed else "session"
-    console.print(f"[bold]{verb}:[/] {session.root}" + (f" ({len(session.journal)} verdicts known)"
-                                                      if session.resumed else ""), highlight=False)
+    checked = sum(1 for e in session.journal if e.source == "check")
+    verb = "resuming" if checked else "session"  # a replay's first run starts from given verdicts, not a run
+    known = f" ({len(session.journal)} verdicts known)" if session.resumed else ""
+    console.print(f"[bold]{verb}:[/] {session.root}{known}", highlight=False)
     strategy, materializer = setup(session)
     if s.load_debug_replay:
         _import_polygraphy_replay(session, strategy, materializer, s.load_debug_replay)

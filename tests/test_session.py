@@ -182,6 +182,9 @@ def test_log_edit_replay_uses_the_edited_verdicts_and_checks_the_rest(tmp_path, 
     assert (tmp_path / "red.onnx").read_bytes() == answer
     assert f"replay writes --output: {tmp_path / 's2' / 'result' / 'red.onnx'}" in replayed.stdout + replayed.stderr
     assert len(onnx.load(str(tmp_path / "s2" / "result" / "red.onnx")).graph.node) == 2
+    assert "resuming" not in replayed.stdout + replayed.stderr  # a replay starts a session, from given verdicts
+    phases = {p["phase"]: p for p in report(tmp_path / "s2")["result"]["phases"]}
+    assert "?" not in phases and phases["suffix"]["size_after"] < 20  # replayed verdicts keep phase and size
     entries = journal(tmp_path / "s2")
     replay_entries = [e for e in entries if e["source"] == "replay"]
     assert {e["fingerprint"]: e["verdict"] for e in replay_entries} == given

@@ -21,6 +21,8 @@ from bisector.checks.base import Verdict
 from bisector.errors import UserError
 
 _LINE = re.compile(r"^(?P<verdict>good|bad|skip|pass|fail)\s+(?P<fp>[0-9a-f]{8,64})\b(?:\s*#\s*(?P<label>.*))?$")
+# The comment format_log writes after a verdict: iteration, [phase], label, and (source) if not a check.
+_COMMENT = re.compile(r"^iteration \S+ \[(?P<phase>[^\]]*)\] (?P<label>.*?)(?: \((?:replay|import)\))?$")
 
 
 def format_log(session_dir: Path) -> str:
@@ -37,7 +39,7 @@ def format_log(session_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, str, str]]]:
+def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, str, str, str]]]:
     if not Path(path).exists():
         raise UserError(f"{path}: no such log file")
     command, cwd, verdicts = None, None, []
@@ -59,7 +61,10 @@ def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, st
         m = _LINE.match(line)
         if not m:
             raise UserError(f"{path}:{n}: expected '<good|bad|skip> <fingerprint>', got {line[:60]!r}")
-        verdicts.append((Verdict.parse(m["verdict"]), m["fp"], (m["label"] or "").strip()))
+        comment = (m["label"] or "").strip()
+        parts = _COMMENT.match(comment)
+        phase, label = (parts["phase"], parts["label"]) if parts else ("", comment)
+        verdicts.append((Verdict.parse(m["verdict"]), m["fp"], label, phase))
     if not command:
         raise UserError(f"{path}: no '# command:' line; write logs with `bisector log SESSION`")
     return command, cwd, verdicts
@@ -79,8 +84,9 @@ def seed_session(logfile: Path, session: Path | None, output: Path | None = None
     except OSError as exc:
         raise UserError(f"cannot create {root}: {exc.strerror}") from None
     journal = Journal(root / JOURNAL_NAME)
-    for verdict, fp, label in verdicts:
-        journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, source="replay"))
+    for verdict, fp, label, phase in verdicts:
+        journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, phase=phase,
+                             source="replay"))
     argv = with_session(list(command[1:]), str(root.resolve()))
     argv, said = redirect_outputs(argv, root.resolve(), output)
     set_command(argv)  # the new session records the command it runs, so that resume runs it again

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from bisector.artifacts.report import write_reports
 from bisector.tables import NodeTable
 
 PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof")
+LABEL_SIZE = re.compile(r"\b(\d+) nodes?: ")
 
 
 def phase_table(session, original: int) -> list[dict]:
@@ -18,12 +20,21 @@ def phase_table(session, original: int) -> list[dict]:
         by_phase.setdefault(e.phase or "?", []).append(e)
     for phase in sorted(by_phase, key=lambda p: PHASE_ORDER.index(p) if p in PHASE_ORDER else 99):
         entries = by_phase[phase]
-        bad = [len(e.items) for e in entries if e.verdict.value == "bad" and e.items is not None]
+        bad = [n for e in entries if e.verdict.value == "bad" and (n := _size(e)) is not None]
         if bad and phase != "proof":
             best = min(best, min(bad))
         rows.append({"phase": phase, "checks": sum(1 for e in entries if e.source == "check"),
                      "verdicts": len(entries), "size_after": best})
     return rows
+
+
+def _size(entry) -> int | None:
+    """A journaled candidate's node count: its items, or for a verdict replayed from a log (which
+    keeps the label, not the items) the count its label states ("12 nodes: a .. b", "1 node: a")."""
+    if entry.items is not None:
+        return len(entry.items)
+    m = LABEL_SIZE.search(entry.label or "")
+    return int(m[1]) if m else None
 
 
 def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, reference=None,
