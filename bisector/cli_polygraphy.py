@@ -70,7 +70,7 @@ class Verbosity:
         handlers: list[logging.Handler] = []
         if not self.silent:
             handlers.append(logging.StreamHandler())
-            handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
+            handlers[-1].setFormatter(_LowerLevelFormatter(LOG_FORMAT))
             handlers[-1].addFilter(lambda record: not record.name.startswith(EVENTS_LOGGER))
             handlers[-1].setLevel(self.level)
         if self.log_file is not None:
@@ -84,6 +84,14 @@ class Verbosity:
             h._bisector = True  # type: ignore[attr-defined]
             logger.addHandler(h)
         logger.setLevel(min([h.level for h in handlers], default=logging.CRITICAL))
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    """``bisector: warning: ...``, in the style of the ``bisector: error:`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()})
+        return super().format(record)
 
 
 def take_polygraphy_flags(argv: list[str]) -> tuple[list[str], list[str], Verbosity]:

@@ -121,3 +121,8 @@ def test_polygraphy_precision_flags(tmp_path, capsys):
     assert code == 2 and "bisector keeps them in fp32 only" in out
     code, out = run(capsys, "precision", *args, "--precision", "float32")
     assert code == 2 and "give the precision to lower to" in out
+
+
+def test_a_tolerance_for_an_output_the_model_lacks_is_pointed_out(capsys):
+    code, out = run(capsys, "compare", str(fixture_path("chain")), "--atol", "z:1e-3")
+    assert code == 0 and "bisector: warning: --atol names 'z', which is no output of this model" in out

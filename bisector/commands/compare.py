@@ -7,6 +7,7 @@ provider, optionally with a reduced precision and a keep-set (see ``bisector.bac
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.graph import name_nodes, toposort
 from bisector.model.shapes import freeze_inputs, shapes_from_samples
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +75,13 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
                 reference: str = "onnxrt", reference_outputs=None, script: str | None = None,
                 data_dir: Path | None = None) -> CompareRun:
     model = load_model(path, shapes, loaded_samples(load, script), sample_source(load, script), data_dir)
+    outputs = {o.name for o in model.graph.output}
+    for flag, named in (("--atol", config.atol_per_output), ("--rtol", config.rtol_per_output),
+                        ("--check-error-stat", config.stat_per_output)):
+        unknown = sorted(set(named) - outputs)
+        if unknown:  # a warning, not an error: as a reduce's check, a candidate may lack the output
+            log.warning("%s names %s, which is no output of this model (its outputs: %s); ignored", flag,
+                        ", ".join(repr(u) for u in unknown), ", ".join(sorted(outputs)))
     weights = Path(data_dir) if data_dir else path.parent
     unknown = sorted(target.keep - {n.name for n in model.graph.node})
     if unknown:
