@@ -165,3 +165,15 @@ def test_typer_usage_errors_are_one_line(capsys, argv, message):
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert code == 2 and lines[0].startswith(message) and len(lines) == 2 and "--help" in lines[1]
     assert "Usage:" not in out
+
+
+def test_a_check_that_fails_everything_gets_its_answer_questioned(tmp_path, capsys):
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--session",
+                    str(tmp_path / "s"), "-q", "--check", "false")
+    assert code == 0
+    assert "warning: none of the 5 candidates passed the check" in " ".join(out.split())
+    assert "**Warning:** none of the 5 candidates passed" in (tmp_path / "s" / "result" / "report.md").read_text()
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r2.onnx"), "--session",
+                    str(tmp_path / "s2"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4",
+                    "--load-inputs", "inputs.json")
+    assert code == 0 and "none of the" not in out
