@@ -19,9 +19,9 @@ import typer
 
 # Flags that take one or more values, as in Polygraphy (argparse nargs="+").
 MULTI_VALUE_FLAGS = frozenset({
-    "--input-shapes", "--model-input-shapes", "--load-inputs", "--load-input-data", "--val-range", "--keep-fp32",
-    "--atol", "--rtol", "--check-error-stat", "--fail-code", "--fail-returncode", "--ignore-fail-code",
-    "--ignore-fail-returncode", "--fail-regex", "--artifacts",
+    "--input-shapes", "--model-input-shapes", "--trt-opt-shapes", "--load-inputs", "--load-input-data",
+    "--val-range", "--keep-fp32", "--atol", "--rtol", "--check-error-stat", "--fail-code", "--fail-returncode",
+    "--ignore-fail-code", "--ignore-fail-returncode", "--fail-regex", "--artifacts",
 })
 CHECK_FLAGS = ("--check", "--check-inference")  # Polygraphy's two names
 
@@ -90,7 +90,8 @@ WEIGHTS_HELP = ("Candidates link the session's weight file, embed a copy, or aut
 @dataclass
 class DataOptions:
     input_shapes: Annotated[Optional[list[str]], typer.Option(
-        "--input-shapes", "--model-input-shapes", help="Freeze input shapes: x:[1,3,224,224] y:[4]",
+        "--input-shapes", "--model-input-shapes", "--trt-opt-shapes",
+        help="Freeze input shapes: x:[1,3,224,224] y:[4]",
         rich_help_panel="Data")] = None
     load_inputs: Annotated[Optional[list[Path]], typer.Option(
         "--load-inputs", "--load-input-data", help="Input samples: Polygraphy JSON or .npz (several files add samples)",
@@ -171,7 +172,8 @@ class CheckOptions:
     repeat: Annotated[int, typer.Option(
         "--repeat", help="Run each check K times (flaky checks)", rich_help_panel="Check")] = 1
     vote: Annotated[str, typer.Option(
-        "--vote", help="Combine repeats: any, majority, all (bad if ... runs are bad)", rich_help_panel="Check")] = "any"
+        "--vote", help="Combine repeats: any, majority, all (bad if ... runs are bad)",
+        rich_help_panel="Check")] = "any"
 
 
 @dataclass
@@ -189,7 +191,8 @@ class SessionOptions:
     artifacts: Annotated[Optional[list[str]], typer.Option(
         "--artifacts", help="Files to sort into good/ and bad/ after each check", rich_help_panel="Session")] = None
     iter_artifact: Annotated[Optional[str], typer.Option(
-        "--iter-artifact", "--intermediate-artifact", help="Name of the artifact in each iteration directory", rich_help_panel="Session")] = None
+        "--iter-artifact", "--intermediate-artifact", help="Name of the artifact in each iteration directory",
+        rich_help_panel="Session")] = None
     art_dir: Annotated[Optional[Path], typer.Option(
         "--art-dir", "--artifacts-dir", help="Where --artifacts are sorted into good/ and bad/ (default: the session)",
         rich_help_panel="Session")] = None
@@ -199,4 +202,5 @@ class SessionOptions:
     no_remove_intermediate: Annotated[bool, typer.Option(
         "--no-remove-intermediate", help="Keep each iteration's artifact", rich_help_panel="Session")] = False
     load_debug_replay: Annotated[Optional[Path], typer.Option(
-        "--load-debug-replay", help="Import the verdicts of a Polygraphy debug replay", rich_help_panel="Session")] = None
+        "--load-debug-replay", help="Import the verdicts of a Polygraphy debug replay",
+        rich_help_panel="Session")] = None

@@ -42,11 +42,32 @@ NO_EFFECT = {
                                "`bisector replay` replays it"),
     "--data-loader-backend-module": (1, "inputs are generated with numpy"),
 }
+# TensorRT builder flags of `polygraphy debug precision`: bisector hands ONNX candidates to the check,
+# which builds the engines (with --precision-constraints, bisector's own builds use TensorRT's defaults).
+TRT_BUILDER_WHY = "a TensorRT builder flag: your check builds the engines"
+TRT_BUILDER_FLAGS = {
+    **{f: 0 for f in ("--tf32", "--sparse-weights", "--version-compatible", "--exclude-lean-runtime",
+                      "--error-on-timing-cache-miss", "--disable-compilation-cache", "--refittable", "--strip-plan",
+                      "--use-dla", "--allow-gpu-fallback", "--strongly-typed", "--direct-io", "--weight-streaming",
+                      "--mark-unfused-tensors-as-debug-tensors", "--trt-safety-restricted")},
+    **{f: 1 for f in ("--calibration-cache", "--calib-base-cls", "--quantile", "--regression-cutoff",
+                      "--load-timing-cache", "--save-timing-cache", "--save-tactics", "--load-tactics",
+                      "--trt-config-script", "--trt-config-postprocess-script", "--trt-network-postprocess-script",
+                      "--builder-optimization-level", "--hardware-compatibility-level", "--max-aux-streams",
+                      "--profiling-verbosity", "--runtime-platform", "--tiling-optimization-level")},
+    **{f: "+" for f in ("--trt-min-shapes", "--trt-max-shapes", "--tactic-sources", "--pool-limit",
+                        "--preview-features", "--quantization-flags", "--plugins", "--onnx-flags", "--trt-outputs",
+                        "--trt-exclude-outputs", "--trt-outputs-by-type", "--layer-precisions", "--tensor-dtypes",
+                        "--tensor-formats", "--mark-debug", "--decomposable-attentions")},
+}
+NO_EFFECT.update({f: (nargs, TRT_BUILDER_WHY) for f, nargs in TRT_BUILDER_FLAGS.items()})
+NO_EFFECT["--shape-inference"] = (0, "bisector takes every cut tensor's shape from a real onnxruntime run")
 REFUSED = {
     "--ignore-external-data": (0, "a reduce runs its candidates, which needs the weights",
                                "give --external-data-dir DIR if they are elsewhere"),
     "--fp-to-fp16": (0, "bisector does not convert the model before a search",
                      "convert it first, or find what fails in fp16 with `bisector precision --precision fp16`"),
+    "--fp8": (0, "bisector lowers nodes to fp16, bf16 or int8", "give --fp16, --bf16 or --int8"),
 }
 
 
@@ -124,6 +145,12 @@ def take_polygraphy_flags(argv: list[str]) -> tuple[list[str], list[str], Verbos
                 raise UserError(f"--data-loader-backend-module {values[0]}: bisector generates inputs with numpy only",
                                 hint="drop the flag, or save torch-generated inputs and pass --load-inputs")
             v.notes.append(f"{name}: no effect in bisector ({why})")
+            continue
+        elif name == "--model-type":
+            values, i = _values(argv, i, inline if eq else None, 1)
+            if values[0] != "onnx":
+                raise UserError(f"--model-type {values[0]}: bisector works on ONNX models",
+                                hint="give the ONNX model the engine was built from")
             continue
         elif name in REFUSED:
             _, why, hint = REFUSED[name]

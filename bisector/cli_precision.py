@@ -49,6 +49,8 @@ def precision(
     from bisector.engine import EndpointError
 
     cmp = dataclasses.replace(cmp, precision=low_precision(cmp.precision, fp16, bf16, int8))
+    if constraints == "none":  # Polygraphy's value for "no constraints": the ONNX rewrite, as without the flag
+        constraints = None
     one_of("--mode", mode, MODES)
     one_of("--dir", direction, DIRECTIONS)
     if order is not None:

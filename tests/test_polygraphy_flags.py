@@ -126,3 +126,16 @@ def test_polygraphy_precision_flags(tmp_path, capsys):
 def test_a_tolerance_for_an_output_the_model_lacks_is_pointed_out(capsys):
     code, out = run(capsys, "compare", str(fixture_path("chain")), "--atol", "z:1e-3")
     assert code == 0 and "bisector: warning: --atol names 'z', which is no output of this model" in out
+
+
+def test_polygraphy_precision_command_line_with_tensorrt_builder_flags(tmp_path, capsys):
+    code, out = run(capsys, "precision", str(fixture_path("fp16_overflow_1")), "-o", str(tmp_path / "mixed.onnx"),
+                    "-q", "--session", str(tmp_path / "s"), "--fp16", "--precision-constraints", "none",
+                    "--model-type", "onnx", "--trt-opt-shapes", "x:[1,64]", "--tf32", "--pool-limit", "workspace:1G",
+                    "--compare", "--atol", "1e-2", "--rtol", "1e-2")
+    assert code == 0, out
+    assert "note: --tf32: no effect in bisector (a TensorRT builder flag" in out and "note: --pool-limit" in out
+    code, out = run(capsys, "precision", str(fixture_path("fp16_overflow_1")), "--fp8", "--compare")
+    assert code == 2 and "--fp8 is Polygraphy's and cannot work here" in out
+    code, out = run(capsys, "precision", str(fixture_path("fp16_overflow_1")), "--fp16", "--model-type", "engine")
+    assert code == 2 and "bisector works on ONNX models" in out
