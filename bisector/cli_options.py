@@ -128,7 +128,7 @@ class CompareOptions:
         "--keep-fp32", help="Nodes kept in fp32: names, or @keep.json", rich_help_panel="Compare")] = None
     realize: Annotated[Optional[str], typer.Option(
         "--realize", help="true (the mixed model) or emulate (fp32 graph with fp16 round trips, for onnxruntime "
-        "on the CPU); default: emulate with --compare on the CPU, else true",
+        "on the CPU); default: emulate where the check runs onnxruntime on the CPU, else true",
         rich_help_panel="Compare")] = None
     reference: Annotated[str, typer.Option(
         "--reference", help="onnxrt (fp32 on the CPU) or fp64 (the ONNX reference evaluator)",

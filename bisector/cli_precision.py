@@ -69,7 +69,7 @@ def precision(
         cli.check_writable(path, model)
     # The check runs the realized model as it is: its Target gets no precision of its own.
     check = cli.build_check(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
-    realize = cmp.realize or ("emulate" if cmp.compare and cmp.provider == "cpu" else "true")
+    realize, why = (cmp.realize, "as asked") if cmp.realize else default_realize(cmp, cli._check_argv)
     artifact = precision_trt.ENGINE_ARTIFACT if constraints else DEFAULT_ARTIFACT
     opts = prec.PrecisionOptions(model=model, precision=cmp.precision, output=output, mode=mode, direction=direction,
                                  order=order, realize=realize, keep_always=read_keep(cmp.keep_fp32),
@@ -86,6 +86,9 @@ def precision(
             how = f"TensorRT {opts.precision} engines, kept layers fp32 ({constraints} precision constraints)"
         cli.console.print(f"model: {model} ({len(st.prepared.model.graph.node)} nodes, {len(st.lowerable)} can run "
                           f"in {opts.precision}); candidates realized as {how}", highlight=False)
+        if opts.precision != "int8" and not constraints and why != "as asked":
+            cli.console.print(f"realize: {why}; --realize {'true' if realize == 'emulate' else 'emulate'} to change",
+                              style="dim", highlight=False, soft_wrap=True)
         flagged = [st.materializer.names[i] for i in st.strategy.items[:st.strategy.likely]]
         if opts.search_order == "sensitivity":
             cli.console.print(f"order: {len(flagged)} node(s) stand out"
@@ -112,6 +115,25 @@ def precision(
             raise UserError(exc.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 model "
                                               "hides overflow there: try --realize emulate") from None
         raise
+
+
+def default_realize(cmp, check_argv) -> tuple[str, str]:
+    """How fp16/bf16 candidates are realized when --realize is not given, and why: emulated where
+    the check runs onnxruntime on the CPU (which computes fp16 in fp32 between ops and would hide
+    the overflow), the true mixed model where it may run TensorRT or a GPU."""
+    if cmp.compare:
+        if cmp.provider == "cpu":
+            return "emulate", "--compare runs onnxruntime on the CPU, which hides fp16 overflow"
+        return "true", f"--compare runs the {cmp.provider} provider"
+    argv = check_argv or []
+    text = " ".join(argv).lower()
+    gpu = "--trt" in argv or "trtexec" in text or "tensorrt" in text or "cuda" in text
+    cpu_onnxrt = "--onnxrt" in argv or ("bisector" in text and "compare" in argv)
+    if cpu_onnxrt and not gpu:
+        return "emulate", "the check runs onnxruntime, whose CPU provider hides fp16 overflow"
+    if gpu:
+        return "true", "the check runs TensorRT or a GPU"
+    return "true", "the check gets the true mixed model, as TensorRT and GPU providers run it"
 
 
 def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) -> str:

@@ -124,11 +124,27 @@ def test_command_check_gets_the_realized_model_under_polygraphys_name(tmp_path):
     # relative "bisector" would be resolved to the package directory (CommandCheck._from_launch_dir).
     check = [str(Path(sys.executable).parent / "bisector"), "compare", "polygraphy_debug.onnx",
              "--load-inputs", "inputs.json", "--load-outputs", str(ref), *TOL]
-    code, report = precision(tmp_path, model, "--precision", "fp16", "--realize", "emulate", "--load-inputs",
-                             str(inputs), check=check)
+    # No --realize: the check runs onnxruntime (bisector compare), so candidates are emulated.
+    code, report = precision(tmp_path, model, "--precision", "fp16", "--load-inputs", str(inputs), check=check)
     assert code == 0
     assert {n["name"] for n in keep_file(tmp_path)["nodes"]} == answer(2)
     assert report["result"]["one_minimal"] is True
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["polygraphy", "run", "polygraphy_debug.onnx", "--onnxrt"], "emulate"),
+    (["polygraphy", "run", "polygraphy_debug.onnx", "--trt", "--onnxrt"], "true"),
+    (["bisector", "compare", "polygraphy_debug.onnx"], "emulate"),
+    (["trtexec", "--onnx=polygraphy_debug.onnx"], "true"),
+    (["./my_check.sh"], "true"),
+])
+def test_the_default_realization_follows_the_check(argv, expected):
+    from bisector.cli_options import CompareOptions
+    from bisector.cli_precision import default_realize
+
+    assert default_realize(CompareOptions(), argv)[0] == expected
+    assert default_realize(CompareOptions(compare=True), None)[0] == "emulate"
+    assert default_realize(CompareOptions(compare=True, provider="cuda"), None)[0] == "true"
 
 
 def test_true_fp16_on_the_cpu_misses_what_the_emulation_catches(tmp_path):
