@@ -20,7 +20,7 @@ from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, 
 EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  rich_markup_mode=None, help=__doc__)
+                  rich_markup_mode=None, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
 console = make_console()
 _check_argv: Optional[list[str]] = None  # everything after --check, set by main()
 
@@ -93,7 +93,7 @@ def check_writable(path: Optional[Path], model: Optional[Path] = None) -> None:
     target = Path(path).absolute()
     if target.is_dir():
         raise UserError(f"cannot write {path}: it is a directory", hint="give a file name, e.g. reduced.onnx")
-    if model is not None and target.exists() and target.resolve() == Path(model).resolve():
+    if model is not None and target.exists() and Path(model).exists() and os.path.samefile(target, model):
         raise UserError(f"{path} is the input model: writing the answer there would destroy it",
                         hint="give another -o")
     parent = target.parent
@@ -269,6 +269,9 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
 
     if s.jobs < 1:
         raise UserError(f"-j/--jobs must be at least 1, not {s.jobs}")
+    if s.iter_info and Path(s.iter_info).is_absolute() and s.jobs > 1:
+        raise UserError(f"--iter-info {s.iter_info}: with -j {s.jobs}, checks running at once would share one "
+                        f"file", hint="give a relative name: it is written in each iteration directory")
     check_writable(s.events)
     model_meta = _session_model(model, model_data_dir) if model is not None else None
     session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
@@ -367,6 +370,8 @@ def resume(
 
     meta = load_meta(session)
     argv = with_session(list(meta["command"][1:]), str(session.resolve()))
+    if output is not None and meta.get("strategy") == "repeat":
+        raise UserError("a repeat session writes no model: -o does not apply to it")
     if output is not None:
         argv = set_flag(argv, ("-o", "--output"), str(output.absolute()))
     cwd = meta.get("cwd")
@@ -444,7 +449,7 @@ def _polygraphy_flags(opts: list[str]) -> list[str]:
     """Set up logging from Polygraphy's logging flags, say which of its flags change nothing here,
     and return the options typer parses (see cli_polygraphy.py)."""
     opts, notes, verbosity = take_polygraphy_flags(opts)
-    verbosity.configure()
+    verbosity.configure(nested=_depth > 1)
     for note in notes:
         console.print(f"note: {escape(note)}", style="dim", highlight=False, soft_wrap=True)
     return opts
@@ -453,8 +458,23 @@ def _polygraphy_flags(opts: list[str]) -> list[str]:
 
 def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
     """Console entry point. ``--check`` takes the rest of the command line, as in Polygraphy."""
-    global _check_argv
+    global _check_argv, _depth
     argv = sys.argv[1:] if argv is None else list(argv)
+    _depth += 1
+    try:
+        code = _main(argv)
+    finally:
+        _depth -= 1
+    if exit:
+        sys.exit(code)
+    return code
+
+
+_depth = 0  # main() inside main(): resume and replay run the session's own command line
+
+
+def _main(argv: list[str]) -> int:
+    global _check_argv
     opts, _check_argv = split_argv(argv)
     if _check_argv is not None and not _check_argv:
         console.print("[bold red]bisector: error:[/] --check needs a command after it", highlight=False)
@@ -466,6 +486,9 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
         except typer.Exit as exc:  # from _polygraphy_flags, outside the app
             code = exc.exit_code
         except CLICK_ERRORS as exc:  # typer's own: an unknown flag, a value of the wrong type
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `bisector` alone: the help, as it is
+                console.print(exc.format_message(), highlight=False, markup=False)
+                return exc.exit_code
             console.print(f"[bold red]bisector: error:[/] {escape(exc.format_message())}", highlight=False,
                           soft_wrap=True)
             ctx = getattr(exc, "ctx", None)
@@ -478,8 +501,6 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
             code = EXIT_STOPPED
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
-    if exit:
-        sys.exit(code)
     return code
 
 

@@ -19,11 +19,19 @@ import typer
 
 # Flags that take one or more values, as in Polygraphy (argparse nargs="+").
 MULTI_VALUE_FLAGS = frozenset({
-    "--input-shapes", "--model-input-shapes", "--trt-opt-shapes", "--load-inputs", "--load-input-data",
-    "--val-range", "--keep-fp32", "--atol", "--rtol", "--check-error-stat", "--fail-code", "--fail-returncode",
-    "--ignore-fail-code", "--ignore-fail-returncode", "--fail-regex", "--artifacts",
+    "--input-shapes", "--model-input-shapes", "--model-inputs", "--trt-opt-shapes", "--load-inputs",
+    "--load-input-data", "--val-range", "--keep-fp32", "--atol", "--rtol", "--check-error-stat", "--fail-code",
+    "--fail-returncode", "--ignore-fail-code", "--ignore-fail-returncode", "--fail-regex", "--artifacts",
 })
 CHECK_FLAGS = ("--check", "--check-inference")  # Polygraphy's two names
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -34,15 +42,18 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
         argv, check = argv[:at[0]], argv[at[0] + 1:]
     out: list[str] = []
     flag = None
+    after_flag = False
     for tok in argv:
-        if tok.startswith("--") or (tok.startswith("-") and len(tok) == 2 and tok[1].isalpha()):
+        if tok.startswith("-") and len(tok) > 1 and not _is_number(tok):  # -v, -vv, -j4, --flag, not -1
             name, eq, _ = tok.partition("=")
             flag = name if name in MULTI_VALUE_FLAGS and not eq else None
             out.append(tok)
+            after_flag = True
             continue
-        if flag is not None and out and out[-1] != flag and not out[-1].startswith("-"):
+        if flag is not None and not after_flag:
             out.append(flag)  # a further value of a multi-value flag: repeat the flag
         out.append(tok)
+        after_flag = False
     return out, check
 
 
@@ -90,7 +101,7 @@ WEIGHTS_HELP = ("Candidates link the session's weight file, embed a copy, or aut
 @dataclass
 class DataOptions:
     input_shapes: Annotated[Optional[list[str]], typer.Option(
-        "--input-shapes", "--model-input-shapes", "--trt-opt-shapes",
+        "--input-shapes", "--model-input-shapes", "--model-inputs", "--trt-opt-shapes",
         help="Freeze input shapes: x:[1,3,224,224] y:[4]",
         rich_help_panel="Data")] = None
     load_inputs: Annotated[Optional[list[Path]], typer.Option(
@@ -108,7 +119,8 @@ class DataOptions:
     val_range: Annotated[Optional[list[str]], typer.Option(
         "--val-range", help="Range of generated values: [0,1] or x:[-1,1]", rich_help_panel="Data")] = None
     samples: Annotated[int, typer.Option(
-        "--samples", "--iterations", help="Number of generated input samples", rich_help_panel="Data")] = 1
+        "--samples", "--iterations", "--iters", help="Number of generated input samples",
+        rich_help_panel="Data")] = 1
     force_fallback_shape_inference: Annotated[bool, typer.Option(
         "--force-fallback-shape-inference", help="Accepted for Polygraphy's command lines; bisector always "
         "takes the shapes of cut tensors from a real onnxruntime run", rich_help_panel="Data")] = False

@@ -29,7 +29,8 @@ VERBOSITY_LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warni
 LOG_FORMAT = "bisector: %(levelname)s: %(message)s"
 LOG_FILE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
-# flag: (how many values it takes: 0, 1, "?" (optional) or "+" (until the next flag), why it changes nothing)
+# flag: (how many values it takes, as in argparse: 0, 1, "?" (optional), "+" (one or more, until the next
+# flag) or "*" (none or more)), why it changes nothing here
 NO_EFFECT = {
     "--no-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
     "--no-onnxruntime-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
@@ -49,19 +50,24 @@ TRT_BUILDER_FLAGS = {
     **{f: 0 for f in ("--tf32", "--sparse-weights", "--version-compatible", "--exclude-lean-runtime",
                       "--error-on-timing-cache-miss", "--disable-compilation-cache", "--refittable", "--strip-plan",
                       "--use-dla", "--allow-gpu-fallback", "--strongly-typed", "--direct-io", "--weight-streaming",
-                      "--mark-unfused-tensors-as-debug-tensors", "--trt-safety-restricted")},
-    **{f: 1 for f in ("--calibration-cache", "--calib-base-cls", "--quantile", "--regression-cutoff",
-                      "--load-timing-cache", "--save-timing-cache", "--save-tactics", "--load-tactics",
-                      "--trt-config-script", "--trt-config-postprocess-script", "--trt-network-postprocess-script",
-                      "--builder-optimization-level", "--hardware-compatibility-level", "--max-aux-streams",
-                      "--profiling-verbosity", "--runtime-platform", "--tiling-optimization-level")},
-    **{f: "+" for f in ("--trt-min-shapes", "--trt-max-shapes", "--tactic-sources", "--pool-limit",
-                        "--preview-features", "--quantization-flags", "--plugins", "--onnx-flags", "--trt-outputs",
-                        "--trt-exclude-outputs", "--trt-outputs-by-type", "--layer-precisions", "--tensor-dtypes",
-                        "--tensor-formats", "--mark-debug", "--decomposable-attentions")},
+                      "--mark-unfused-tensors-as-debug-tensors", "--trt-safety-restricted", "--plugin-instancenorm",
+                      "--enable-uint8-asymmetric-quantization-dla", "--decomposable-attentions")},
+    **{f: 1 for f in ("--calibration-cache", "--calib-base-cls", "--calibration-base-class", "--quantile",
+                      "--regression-cutoff", "--load-timing-cache", "--save-timing-cache", "--save-tactics",
+                      "--save-tactic-replay", "--load-tactics", "--load-tactic-replay", "--trt-config-script",
+                      "--trt-config-postprocess-script", "--trt-cpps", "--builder-optimization-level",
+                      "--hardware-compatibility-level", "--max-aux-streams", "--profiling-verbosity",
+                      "--runtime-platform", "--tiling-optimization-level", "--all-tensor-dtypes",
+                      "--all-tensor-datatypes")},
+    **{f: "+" for f in ("--trt-min-shapes", "--trt-max-shapes", "--pool-limit", "--memory-pool-limit", "--plugins",
+                        "--onnx-flags", "--trt-outputs", "--trt-exclude-outputs", "--trt-outputs-by-type",
+                        "--layer-precisions", "--tensor-dtypes", "--tensor-datatypes", "--tensor-formats",
+                        "--all-tensor-formats", "--mark-debug", "--trt-network-postprocess-script", "--trt-npps")},
+    **{f: "*" for f in ("--tactic-sources", "--preview-features", "--quantization-flags")},
 }
 NO_EFFECT.update({f: (nargs, TRT_BUILDER_WHY) for f, nargs in TRT_BUILDER_FLAGS.items()})
-NO_EFFECT["--shape-inference"] = (0, "bisector takes every cut tensor's shape from a real onnxruntime run")
+NO_EFFECT["--shape-inference"] = NO_EFFECT["--do-shape-inference"] = (
+    0, "bisector takes every cut tensor's shape from a real onnxruntime run")
 REFUSED = {
     "--ignore-external-data": (0, "a reduce runs its candidates, which needs the weights",
                                "give --external-data-dir DIR if they are elsewhere"),
@@ -78,23 +84,30 @@ class Verbosity:
     log_file: Path | None = None
     notes: list[str] = field(default_factory=list)
 
-    def configure(self) -> None:
+    def configure(self, nested: bool = False) -> None:
         """Route the ``bisector`` loggers to stderr at ``level`` (nothing when silent), and to
-        ``log_file`` too if given."""
+        ``log_file`` too if given. ``nested``: the command line of a ``resume`` or ``replay``,
+        run inside the one the user typed; its flags add to what that one set up, and remove none."""
         from bisector.engine import EVENTS_LOGGER
 
         logger = logging.getLogger("bisector")
-        for h in list(logger.handlers):
-            if getattr(h, "_bisector", False):
+        ours = [h for h in logger.handlers if getattr(h, "_bisector", False)]
+        if not nested:
+            for h in ours:
                 logger.removeHandler(h)
                 h.close()
+            ours = []
         handlers: list[logging.Handler] = []
-        if not self.silent:
+        stream = next((h for h in ours if not isinstance(h, logging.FileHandler)), None)
+        if stream is not None:
+            stream.setLevel(min(stream.level, self.level))
+        elif not self.silent:
             handlers.append(logging.StreamHandler())
             handlers[-1].setFormatter(_LowerLevelFormatter(LOG_FORMAT))
             handlers[-1].addFilter(lambda record: not record.name.startswith(EVENTS_LOGGER))
             handlers[-1].setLevel(self.level)
-        if self.log_file is not None:
+        files = {getattr(h, "baseFilename", None) for h in ours}
+        if self.log_file is not None and str(Path(self.log_file).absolute()) not in files:
             try:
                 handlers.append(logging.FileHandler(self.log_file))
             except OSError as exc:
@@ -104,7 +117,7 @@ class Verbosity:
         for h in handlers:
             h._bisector = True  # type: ignore[attr-defined]
             logger.addHandler(h)
-        logger.setLevel(min([h.level for h in handlers], default=logging.CRITICAL))
+        logger.setLevel(min([h.level for h in ours + handlers], default=logging.CRITICAL))
 
 
 class _LowerLevelFormatter(logging.Formatter):
@@ -171,6 +184,9 @@ def _values(argv: list[str], i: int, inline: str | None, nargs) -> tuple[list[st
         return [], i + 1
     if nargs == "?":
         return (rest[:1], i + 2) if rest and not rest[0].startswith("-") else ([], i + 1)
+    if nargs == "*":
+        n = next((k for k, a in enumerate(rest) if a.startswith("-")), len(rest))
+        return rest[:n], i + 1 + n
     if not rest or rest[0].startswith("-"):
         raise UserError(f"{argv[i]} needs a value")
     if nargs == 1:

@@ -41,8 +41,14 @@ def reduce(
         raise UserError("reduce needs -o/--output (or --min-good) to know where to write the answer")
     if no_reduce_inputs and no_reduce_outputs:
         raise UserError("--no-reduce-inputs and --no-reduce-outputs exclude each other")
+    if cmp.reference != "onnxrt":
+        raise UserError(f"--reference {cmp.reference}: reduce compares candidates with the full model's own "
+                        f"activations, recorded with onnxruntime on the CPU", hint="drop --reference")
     one_of("--cut-feed", cut_feed, red.CUT_FEEDS)
     one_of("--mode", mode, MODES)
+    if output is not None and min_good is not None and Path(output).absolute() == Path(min_good).absolute():
+        raise UserError("-o and --min-good name the same file: the answer and the passing model would overwrite "
+                        "each other")
     for path in (output, min_good, data.save_inputs):
         cli.check_writable(path, model)
     opts = red.ReduceOptions(model=model, output=output, min_good=min_good, mode=mode,

@@ -98,6 +98,13 @@ def test_a_session_that_stopped_in_its_set_up_runs_again_with_the_corrected_comm
     (tmp_path / "mine" / "session.json").write_text(json.dumps({"strategy": "precision"}))
     code, out = run(capsys, *head[:4], "--session", str(tmp_path / "mine"), *check)
     assert code == 2 and "holds a different session" in out and (tmp_path / "mine" / "notes.txt").exists()
+    # Nor a --session directory that existed before: its inputs.json may be the user's.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "inputs.json").write_text("[]")
+    at_data = [*head[:4], "--session", str(tmp_path / "data"), "-q"]
+    assert run(capsys, *at_data, "--weights", "foo", *check)[0] == 2
+    code, out = run(capsys, *at_data, *check)
+    assert code == 2 and "holds a different session" in out and (tmp_path / "data" / "inputs.json").exists()
 
 
 @pytest.mark.slow
@@ -177,3 +184,22 @@ def test_a_check_that_fails_everything_gets_its_answer_questioned(tmp_path, caps
                     str(tmp_path / "s2"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4",
                     "--load-inputs", "inputs.json")
     assert code == 0 and "none of the" not in out
+
+
+def test_the_answer_and_the_min_good_model_need_two_files(tmp_path, capsys):
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "x.onnx"), "--min-good",
+                    str(tmp_path / "x.onnx"), "--check", "true")
+    assert code == 2 and "-o and --min-good name the same file" in out
+
+
+def test_a_data_loader_script_imports_modules_beside_it(tmp_path, capsys):
+    (tmp_path / "helper_mod.py").write_text("import numpy as np\nSAMPLE = {'x': np.ones((1, 16), np.float32)}\n")
+    (tmp_path / "loader.py").write_text("from helper_mod import SAMPLE\n\ndef load_data():\n    yield SAMPLE\n")
+    code, out = run(capsys, "compare", str(fixture_path("chain")), "--data-loader-script", str(tmp_path / "loader.py"))
+    assert code == 0, out
+
+
+def test_reduce_refuses_a_reference_it_does_not_use(tmp_path, capsys):
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--reference", "fp64",
+                    "--compare")
+    assert code == 2 and "--reference fp64: reduce compares candidates with the full model's own activations" in out

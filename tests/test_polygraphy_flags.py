@@ -139,3 +139,46 @@ def test_polygraphy_precision_command_line_with_tensorrt_builder_flags(tmp_path,
     assert code == 2 and "--fp8 is Polygraphy's and cannot work here" in out
     code, out = run(capsys, "precision", str(fixture_path("fp16_overflow_1")), "--fp16", "--model-type", "engine")
     assert code == 2 and "bisector works on ONNX models" in out
+
+
+@pytest.mark.parametrize("subtool", ["reduce", "precision"])
+def test_every_flag_of_polygraphy_debug_is_taken(subtool):
+    """Each option of `polygraphy debug reduce|precision` (from Polygraphy's own argparse parser) is
+    an option of the bisector command, a logging flag, or a flag noted or refused by
+    cli_polygraphy.py with the number of values Polygraphy gives it."""
+    import argparse
+
+    import typer.main
+
+    from bisector import cli
+    from bisector.cli_polygraphy import NO_EFFECT, REFUSED
+    from polygraphy.tools.debug.subtool.precision import Precision
+    from polygraphy.tools.debug.subtool.reduce import Reduce
+
+    tool = {"reduce": Reduce, "precision": Precision}[subtool]()
+    sub = argparse.ArgumentParser().add_subparsers()
+    tool.setup_parser(sub)
+    command = typer.main.get_command(cli.app).commands[subtool]
+    ours = {o for p in command.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
+    ours |= {"-h", "--help", "--check", "--check-inference", "--model-type", "-v", "--verbose", "--verbosity",
+             "--silent", "--log-file"}
+    missing, wrong_count = [], []
+    for action in sub.choices[tool.name]._actions:
+        count = 0 if action.nargs == 0 else {None: 1}.get(action.nargs, action.nargs)
+        for flag in action.option_strings:
+            if flag in ours or flag in REFUSED:
+                continue
+            if flag not in NO_EFFECT:
+                missing.append(flag)
+            elif NO_EFFECT[flag][0] != count:
+                wrong_count.append((flag, NO_EFFECT[flag][0], count))
+    assert not missing and not wrong_count
+
+
+def test_flags_with_attached_values_end_a_value_list():
+    from bisector.cli_options import split_argv
+
+    assert split_argv(["compare", "--load-inputs", "a.json", "b.json", "-vv", "m.onnx"])[0] == \
+        ["compare", "--load-inputs", "a.json", "--load-inputs", "b.json", "-vv", "m.onnx"]
+    assert split_argv(["reduce", "m.onnx", "--fail-code", "-1", "2", "-j4"])[0] == \
+        ["reduce", "m.onnx", "--fail-code", "-1", "--fail-code", "2", "-j4"]

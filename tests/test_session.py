@@ -371,3 +371,23 @@ def test_ctrl_c_at_the_prompt_stops_resumably(tmp_path, chain_model):
     assert proc.returncode == EXIT_STOPPED, text
     assert "Traceback" not in text and "continue with: bisector resume" in text
     assert journal(tmp_path / "s") == []
+
+
+@pytest.mark.slow
+def test_replay_and_resume_leave_the_original_commands_files_alone(tmp_path, chain_model):
+    done = bisector("reduce", "m.onnx", "-o", "a/x.onnx", "--min-good", "b/x.onnx", "--session", "s", "-q",
+                    "--events", "ev.jsonl", "--save-inputs", "in.json", "--check", *faulty(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    events, saved = (tmp_path / "ev.jsonl").read_text(), (tmp_path / "in.json").stat().st_mtime_ns
+    (tmp_path / "s.log").write_text(bisector("log", "s", cwd=tmp_path).stdout)
+    replayed = bisector("replay", "s.log", "--session", "s2", cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    assert (tmp_path / "ev.jsonl").read_text() == events and (tmp_path / "in.json").stat().st_mtime_ns == saved
+    result = tmp_path / "s2" / "result"
+    assert len(onnx.load(str(result / "x.onnx")).graph.node) == 1  # the answer
+    assert len(onnx.load(str(result / "minimal-good_x.onnx")).graph.node) > 1  # the min-good model, apart
+    assert (result / "ev.jsonl").exists() and (result / "in.json").exists()
+    # Logging flags given to resume reach the session it runs.
+    resumed = bisector("resume", "s", "--log-file", "resume.log", "-v", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "bisector.events INFO: done" in (tmp_path / "resume.log").read_text()

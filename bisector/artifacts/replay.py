@@ -114,7 +114,15 @@ def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
         if eq and name in names:
             head[i] = f"{name}={value}"
             return head + tail
+        if _attached(arg, names):  # -oVALUE
+            head[i] = f"{arg[:2]}{value}"
+            return head + tail
     return head + [names[-1], value] + tail
+
+
+def _attached(arg: str, names: tuple[str, ...]) -> bool:
+    """``-oVALUE``: a one-letter flag of ``names`` with its value attached."""
+    return len(arg) > 2 and not arg.startswith("--") and arg[:2] in names
 
 
 def _check_start(argv: list[str]) -> int:
@@ -131,24 +139,33 @@ def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
         name, eq, value = arg.partition("=")
         if eq and name in names:
             return value
+        if _attached(arg, names):
+            return arg[2:]
     return None
 
 
-OUTPUT_FLAGS = (("-o", "--output"), ("--min-good", "--minimal-good"))  # what a command writes its answer to
+# What a command writes besides its session, and where a replay writes it instead (in its result/).
+OUTPUT_FLAGS = (("-o", "--output"), ("--min-good", "--minimal-good"), ("--save-inputs",), ("--events",),
+                ("--log-file",), ("--art-dir", "--artifacts-dir"))
 
 
 def redirect_outputs(argv: list[str], root: Path, output: Path | None) -> tuple[list[str], list[str]]:
-    """A replayed session writes its answer into its own ``result/`` (or to ``output``), never over
-    the files the original command wrote: returns the new argv and a line per moved flag."""
-    said = []
+    """A replayed session writes its answer and its other files into its own ``result/`` (the answer
+    to ``output`` if given), never over or onto the files the original command wrote: returns the
+    new argv and a line per moved flag."""
+    said, taken = [], set()
     for names in OUTPUT_FLAGS:
         old = get_flag(argv, names)
         if names[0] == "-o" and output is not None:
             new = str(Path(output).absolute())
         elif old is not None:
-            new = str(root / "result" / Path(old).name)
+            name = Path(old).name
+            while str(root / "result" / name) in taken:  # -o a/x.onnx --min-good b/x.onnx
+                name = f"{names[-1].lstrip('-')}_{name}"
+            new = str(root / "result" / name)
         else:
             continue
+        taken.add(new)
         argv = set_flag(argv, names, new)
         said.append(f"{names[-1]}: {new}" + (f" (the original command wrote {old})" if old and old != new else ""))
     return argv, said

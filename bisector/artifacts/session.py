@@ -79,14 +79,17 @@ class Session:
         if meta_path.exists():
             meta = load_meta(root)
             diff = _difference(meta, strategy, params, model)
-            if diff and not _start_over(root):
+            if diff and not _start_over(root, meta):
                 raise UserError(f"{root} holds a different session: {diff}",
                                 hint="use a new --session directory, or the original command")
             if not diff:
                 return cls(root, meta)
+            own_dir = True  # _start_over empties only a directory bisector made
+        else:
+            own_dir = not root.exists()
         meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
                 "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
-                "versions": _versions()}
+                "versions": _versions(), "own_dir": own_dir}
         try:
             root.mkdir(parents=True, exist_ok=True)
             (root / "iterations").mkdir(exist_ok=True)
@@ -152,11 +155,15 @@ class Session:
         return moved
 
 
-def _start_over(root: Path) -> bool:
+def _start_over(root: Path, meta: dict[str, Any]) -> bool:
     """Empty ``root`` for a new session if the one there never got a verdict (it stopped in its
-    set-up, e.g. on a bad flag, and the corrected command is run again) and holds nothing but what
-    bisector writes there. Anything else there, and it is left alone: False."""
-    if len(Journal(root / JOURNAL_NAME)) or any(p.name not in SESSION_ENTRIES for p in root.iterdir()):
+    set-up, e.g. on a bad flag, and the corrected command is run again), bisector made the directory
+    itself (``own_dir``: a ``--session`` that existed before may hold the user's files, such as an
+    ``inputs.json``), and it holds nothing but what bisector writes there. Else: False, left alone."""
+    journal = root / JOURNAL_NAME
+    if not meta.get("own_dir") or (journal.exists() and journal.stat().st_size > 0):
+        return False
+    if any(p.name not in SESSION_ENTRIES for p in root.iterdir()):
         return False
     for p in root.iterdir():
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import runpy
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,24 +122,30 @@ def _script_samples(spec: str) -> tuple[dict[str, np.ndarray], ...]:
     func = func or DATA_LOADER_FUNCTION
     if not Path(path).is_file():
         raise UserError(f"--data-loader-script {path}: no such file")
+    here = str(Path(path).resolve().parent)
+    sys.path.insert(0, here)  # the script may import modules beside it, as Polygraphy allows
     try:
-        namespace = runpy.run_path(path)
-    except Exception as exc:
-        raise UserError(f"--data-loader-script {path} raised {type(exc).__name__}: {exc}") from None
-    if not callable(namespace.get(func)):
-        raise UserError(f"--data-loader-script {path} defines no function {func!r}",
-                        hint="name another one with path.py:function")
-    out = []
-    try:
-        for i, sample in enumerate(namespace[func]()):
-            if not isinstance(sample, Mapping):
-                raise UserError(f"--data-loader-script {spec}: sample {i} is a {type(sample).__name__}, "
-                                f"not a dict of input name to array")
-            out.append({str(k): np.asarray(v) for k, v in sample.items()})
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"--data-loader-script {spec} raised {type(exc).__name__}: {exc}") from None
+        try:
+            namespace = runpy.run_path(path)
+        except Exception as exc:
+            raise UserError(f"--data-loader-script {path} raised {type(exc).__name__}: {exc}") from None
+        if not callable(namespace.get(func)):
+            raise UserError(f"--data-loader-script {path} defines no function {func!r}",
+                            hint="name another one with path.py:function")
+        out = []
+        try:
+            for i, sample in enumerate(namespace[func]()):
+                if not isinstance(sample, Mapping):
+                    raise UserError(f"--data-loader-script {spec}: sample {i} is a {type(sample).__name__}, "
+                                    f"not a dict of input name to array")
+                out.append({str(k): np.asarray(v) for k, v in sample.items()})
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"--data-loader-script {spec} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        if here in sys.path:
+            sys.path.remove(here)
     if not out:
         raise UserError(f"--data-loader-script {spec} yielded no samples")
     return tuple(out)
