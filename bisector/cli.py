@@ -309,12 +309,11 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
 
 
 def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> None:
-    """Polygraphy replays are keyed by iteration index only: answer our first asks in order."""
+    """Journal the verdicts of a Polygraphy replay for the candidates they judged (see replay.py)."""
     from bisector.artifacts.replay import import_polygraphy_replay
 
     n, stopped = import_polygraphy_replay(session, strategy, materializer, path)
-    console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay: matched by iteration order"
-                  f"{' and model size' if not stopped else ''})", highlight=False)
+    console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay)", highlight=False)
     if stopped:
         console.print(f"[yellow]note:[/] {stopped}", highlight=False, soft_wrap=True)
 

@@ -5,6 +5,7 @@ reads the candidate is pointed out, and a session that stopped in its set-up can
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -126,17 +127,39 @@ def polygraphy_replay(tmp_path: Path, steps: list[tuple[int, bool]]) -> Path:
     return path
 
 
-def test_a_polygraphy_replay_gives_verdicts_only_to_candidates_of_the_same_size(tmp_path, capsys):
-    """bisector's first bisect candidate on the 20-node chain has 10 nodes and passes; Polygraphy's
-    has 11. A replay whose sizes differ must not hand its verdicts to other candidates."""
-    replay = polygraphy_replay(tmp_path, [(10, True), (16, False), (13, False)])
-    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--mode", "bisect",
+def test_a_polygraphy_replay_gives_each_verdict_to_the_cone_of_its_size(tmp_path, capsys):
+    """On the 20-node chain the node cones have 1 to 20 nodes, so each outputs step of a replay names
+    one candidate: its verdict goes to that candidate, whatever order this search asks in."""
+    replay = polygraphy_replay(tmp_path, [(12, False), (5, True), (8, True)])  # relu4 is the 12th node
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"),
                     "--session", str(tmp_path / "s"), "-q", "--load-debug-replay", str(replay),
                     "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4", "--load-inputs", "inputs.json")
-    text = " ".join(out.split())
     assert code == 0, out
-    assert "imported 1 verdict(s)" in text and "_N1_outputs judged a 16-node model" in text
+    assert "imported 3 verdict(s)" in " ".join(out.split())
+    entries = [json.loads(line) for line in (tmp_path / "s" / "journal.jsonl").read_text().splitlines()]
+    imported = {e["label"].split(",")[0]: e["verdict"] for e in entries if e["source"] == "import"}
+    assert imported == {"outputs of relu4": "bad", "outputs of add2": "good", "outputs of add3": "good"}
     assert json.loads((tmp_path / "s" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
+
+
+def test_a_polygraphy_replay_of_another_graph_is_not_imported(tmp_path, capsys):
+    """unnamed.onnx holds Constant nodes that bisector folds: Polygraphy's node counts do not fit."""
+    import onnx as _onnx
+
+    model = fixture_path("chain")
+    m = _onnx.load(str(model))
+    const = _onnx.helper.make_node("Constant", [], ["one"], value=_onnx.helper.make_tensor("v", 1, [], [1.0]))
+    mul = _onnx.helper.make_node("Mul", [m.graph.output[0].name, "one"], ["y2"], name="times_one")
+    m.graph.node.extend([const, mul])
+    m.graph.output[0].name = "y2"
+    _onnx.save(m, str(tmp_path / "with_constant.onnx"))
+    replay = polygraphy_replay(tmp_path, [(11, False)])
+    code, out = run(capsys, "reduce", str(tmp_path / "with_constant.onnx"), "-o", str(tmp_path / "r.onnx"),
+                    "--session", str(tmp_path / "s"), "-q", "--load-debug-replay", str(replay),
+                    "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4", "--load-inputs", "inputs.json")
+    assert code == 0, out
+    text = " ".join(out.split())
+    assert "imported 0 verdict(s)" in text and "is not the one Polygraphy reduced" in text
 
 
 @pytest.mark.slow
@@ -153,6 +176,8 @@ def test_polygraphys_own_replay_cannot_mislead_the_search(tmp_path, capsys):
                     str(tmp_path / "polygraphy_debug_replay.json"), "--check", *check, "--load-inputs", "inputs.json")
     assert code == 0, out
     assert json.loads((tmp_path / "s" / "result" / "report.json").read_text())["result"]["node_names"] == ["relu4"]
+    imported = int(re.search(r"imported (\d+) verdict", out)[1])
+    assert imported >= 3  # Polygraphy's outputs steps, each matched to the cone of its size
 
 
 def test_a_check_that_loads_the_full_models_inputs_is_pointed_out(tmp_path, capsys):

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from bisector.artifacts.journal import JOURNAL_NAME, Entry, Journal
 from bisector.artifacts.session import default_dir, load_meta, set_command
 from bisector.checks.base import Verdict
@@ -205,30 +207,60 @@ class ReplayStep:
 
 
 def import_polygraphy_replay(session, strategy, materializer, path: Path) -> tuple[int, str]:
-    """Journal the replay's verdicts for the candidates this search asks first, in order.
+    """Journal the verdicts of a Polygraphy debug replay for the candidates they judged.
 
-    Polygraphy keys its replay by iteration only, so a verdict is taken only while the candidate
-    asked has the node count Polygraphy recorded for that iteration: at the first difference the
-    two searches have parted, and the rest is checked again rather than given to the wrong
-    candidate. Returns the number imported and, if it stopped early, why."""
+    Polygraphy keys its replay by iteration only. A `debug reduce` replay records each model's node
+    count: an outputs step is then the cone of the one node whose cone has that many nodes, if
+    exactly one has and bisector's graph has Polygraphy's nodes; anything else is checked again
+    rather than given to the wrong candidate. A replay without node counts (`debug precision`) is
+    taken in order, for the candidates this search asks first. Returns the number imported and a
+    note on what was not."""
     steps = read_polygraphy_replay(path)
+    known = set(session.journal.cache())
+    if any(step.num_nodes is not None for step in steps) and hasattr(strategy, "polygraphy_outputs_candidate"):
+        return _import_by_size(session, strategy, materializer, steps, known)
     scratch = copy.deepcopy(strategy)
     search = scratch.search()
     ask = next(search)
-    known = session.journal.cache()
     n = 0
-    for i, step in enumerate(steps):
-        if step.num_nodes is not None and step.num_nodes != ask.candidate.size:
-            return n, (f"{step.key} judged a {step.num_nodes}-node model where this search asks about "
-                       f"{ask.candidate.size} nodes ({ask.candidate.label}): the searches part there, so its "
-                       f"{len(steps) - i} remaining verdict(s) are checked again")
-        fp = materializer.fingerprint(ask.candidate)
-        if fp not in known:
-            session.journal.append(Entry(fingerprint=fp, verdict=step.verdict, iteration=None,
-                                         label=ask.candidate.label, phase=ask.candidate.phase, source="import"))
-            n += 1
+    for step in steps:
+        n += _journal(session, known, materializer, ask.candidate, step.verdict)
         try:
             ask = search.send(step.verdict)
         except StopIteration:
             break
     return n, ""
+
+
+def _import_by_size(session, strategy, materializer, steps: list[ReplayStep], known) -> tuple[int, str]:
+    source = getattr(getattr(materializer, "prepared", None), "source", None)
+    if source is not None:
+        original = onnx.load(str(source), load_external_data=False).graph.node
+        if len(original) != strategy.n or any(node.op_type == "Constant" for node in original):
+            return 0, (f"bisector's graph ({strategy.n} nodes after folding constants) is not the one Polygraphy "
+                       f"reduced ({len(original)} nodes): its verdicts cannot be matched to candidates and are "
+                       f"checked again")
+    n, skipped = 0, []
+    for step in steps:
+        cand = None
+        if step.key.endswith("_outputs") and step.num_nodes is not None:
+            cand = strategy.polygraphy_outputs_candidate(step.num_nodes)
+        if cand is None:
+            skipped.append(step.key)
+            continue
+        n += _journal(session, known, materializer, cand, step.verdict)
+    note = ""
+    if skipped:
+        note = (f"{len(skipped)} verdict(s) not imported ({', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}): "
+                f"inputs steps, and outputs steps whose node count fits no single node's cone, are checked again")
+    return n, note
+
+
+def _journal(session, known: set[str], materializer, candidate, verdict: Verdict) -> int:
+    fp = materializer.fingerprint(candidate)
+    if fp in known:
+        return 0
+    session.journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=candidate.label,
+                                 phase=candidate.phase, source="import"))
+    known.add(fp)
+    return 1

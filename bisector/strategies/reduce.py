@@ -57,6 +57,7 @@ class ReduceStrategy(Strategy):
         self.reduce_outputs = reduce_outputs
         self.verify_minimal = verify_minimal
         self.names = names or [str(i) for i in range(n)]
+        self._cone_sizes: list[int] | None = None  # for polygraphy_outputs_candidate, computed once
         self.good: list[frozenset] = []
         self.bad: list[frozenset] = []
         self.progress.size = n
@@ -81,6 +82,24 @@ class ReduceStrategy(Strategy):
                     seen.add(q)
                     stack.append(q)
         return sorted(seen)
+
+    def polygraphy_outputs_candidate(self, num_nodes: int) -> Candidate | None:
+        """The candidate `polygraphy debug reduce` judged when its replay says an outputs step had
+        ``num_nodes`` nodes: Polygraphy marks one node's outputs, so its model is that node's cone.
+        None unless exactly one node has a cone of that size (the replay names no node)."""
+        if self._cone_sizes is None:
+            bits: list[int] = []
+            for i in range(self.n):
+                b = 1 << i
+                for q in self.preds[i]:
+                    b |= bits[q]
+                bits.append(b)
+            self._cone_sizes = [bin(b).count("1") for b in bits]
+        matches = [i for i, size in enumerate(self._cone_sizes) if size == num_nodes]
+        if len(matches) != 1:
+            return None
+        items = self.cone(matches[0])
+        return self.cand(items, "outputs", f"outputs of {self.names[matches[0]]}, {self.span(items)}")
 
     def descendants_within(self, start: int, allowed: set[int]) -> list[int]:
         """``start`` and the nodes of ``allowed`` that depend on it, in topological order."""
