@@ -280,31 +280,36 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
     verb = "resuming" if checked else "session"  # a replay's first run starts from given verdicts, not a run
     known = f" ({len(session.journal)} verdicts known)" if session.resumed else ""
     console.print(f"[bold]{verb}:[/] {session.root}{known}", highlight=False)
-    strategy, materializer = setup(session)
-    if s.load_debug_replay:
-        _import_polygraphy_replay(session, strategy, materializer, s.load_debug_replay)
-    interactive = isinstance(getattr(check, "inner", check), InteractiveCheck)
-    listeners, closers, live = _listeners(s, f"bisector {strategy_name}", interactive)
-    devices = [d.strip() for d in s.devices.split(",") if d.strip()] if s.devices else None
-    engine = Engine(strategy, materializer, check, session, jobs=s.jobs, devices=devices,
-                    artifacts=s.artifacts, keep_intermediate=s.no_remove_intermediate, listeners=listeners,
-                    art_dir=s.art_dir.absolute() if s.art_dir else None, iter_info=s.iter_info)
     try:
-        if live:
-            with live:
+        strategy, materializer = setup(session)
+        if s.load_debug_replay:
+            _import_polygraphy_replay(session, strategy, materializer, s.load_debug_replay)
+        interactive = isinstance(getattr(check, "inner", check), InteractiveCheck)
+        listeners, closers, live = _listeners(s, f"bisector {strategy_name}", interactive)
+        devices = [d.strip() for d in s.devices.split(",") if d.strip()] if s.devices else None
+        engine = Engine(strategy, materializer, check, session, jobs=s.jobs, devices=devices,
+                        artifacts=s.artifacts, keep_intermediate=s.no_remove_intermediate, listeners=listeners,
+                        art_dir=s.art_dir.absolute() if s.art_dir else None, iter_info=s.iter_info)
+        try:
+            if live:
+                with live:
+                    outcome = engine.run()
+            else:
                 outcome = engine.run()
-        else:
-            outcome = engine.run()
-    except (SessionAborted, UserError) as exc:
-        console.print(f"session kept: {session.root}; continue with: bisector resume {shlex.quote(str(session.root))}",
+        except (SessionAborted, UserError) as exc:
+            console.print(f"session kept: {session.root}; continue with: "
+                          f"bisector resume {shlex.quote(str(session.root))}", highlight=False)
+            raise exc
+        finally:
+            for close in closers:
+                close()
+        finish(session, outcome)
+        console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
                       highlight=False)
-        raise exc
-    finally:
-        for close in closers:
-            close()
-    finish(session, outcome)
-    console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
-                  highlight=False)
+    finally:  # the user's weight files, hard-linked into the session, break onnx.load of their model
+        from bisector.model.io import release_borrowed
+
+        release_borrowed(session.root)
     return outcome
 
 
@@ -334,6 +339,10 @@ def compare(
     from bisector.display import render_comparison
 
     target = _target(cmp)
+    if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":
+        console.print(f"note: a true {cmp.precision} model on onnxruntime's CPU provider is computed in fp32 between "
+                      f"ops, so overflow stays hidden here; --realize emulate shows what a GPU would",
+                      style="dim", highlight=False, soft_wrap=True)
     args = _data_args(data)
     for path in (data.save_inputs, save_outputs):
         check_writable(path, model)
@@ -347,7 +356,8 @@ def compare(
         save_inputs(run.samples, data.save_inputs)
     if save_outputs:
         write_outputs({target.describe(): run.target_outputs}, save_outputs)
-    ref_name = "loaded outputs" if load_outputs else ("fp64 reference" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
+    ref_name = ("loaded outputs" if load_outputs else
+                "onnx reference evaluator fp64" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
     console.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
                   f"{len(run.samples)} sample(s)", highlight=False)
     for sample in run.comparison.samples:

@@ -123,14 +123,14 @@ def default_realize(cmp, check_argv) -> tuple[str, str]:
     the overflow), the true mixed model where it may run TensorRT or a GPU."""
     if cmp.compare:
         if cmp.provider == "cpu":
-            return "emulate", "--compare runs onnxruntime on the CPU, which hides fp16 overflow"
+            return "emulate", "--compare runs onnxruntime on the CPU, which computes low precision in fp32 between ops"
         return "true", f"--compare runs the {cmp.provider} provider"
     argv = check_argv or []
     text = " ".join(argv).lower()
     gpu = "--trt" in argv or "trtexec" in text or "tensorrt" in text or "cuda" in text
     cpu_onnxrt = "--onnxrt" in argv or ("bisector" in text and "compare" in argv)
     if cpu_onnxrt and not gpu:
-        return "emulate", "the check runs onnxruntime, whose CPU provider hides fp16 overflow"
+        return "emulate", "the check runs onnxruntime, whose CPU provider computes low precision in fp32 between ops"
     if gpu:
         return "true", "the check runs TensorRT or a GPU"
     return "true", "the check gets the true mixed model, as TensorRT and GPU providers run it"
@@ -170,7 +170,8 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     from bisector.tables import NodeTable
 
     res = outcome.result
-    written["reference_outputs"] = str(save_outputs({REFERENCE_RUNNER: st.materializer.reference},
+    runner = REFERENCE_RUNNER if opts.reference == "onnxrt" else f"{opts.reference} reference"
+    written["reference_outputs"] = str(save_outputs({runner: st.materializer.reference},
                                                     session.result_dir / "reference_outputs.json"))
     repro = reproduce_command(check_argv, opts.iter_artifact, written["checked"], written["inputs"], cmp,
                               reference=written["reference_outputs"], engine=opts.constraints is not None)
@@ -179,15 +180,15 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
                       ("node", "op type", "own error", "tensor"), code=(0, 3))
     for k in keep:
         table.add(k["name"], k["op_type"], _err(k.get("error")), k.get("tensor", ""))
-    minimal = {True: "1-minimal: removing any one node fails", False: "NOT shown 1-minimal",
-               None: f"{opts.mode} mode ({opts.direction}): a contiguous run, not minimized"}[res.get("one_minimal")]
+    minimal = minimal_text(res, opts)
     md = ["## Answer", "",
           f"Keep **{len(keep)}** of {res['lowerable']} lowerable nodes in fp32 for {opts.precision} "
           f"({outcome.stats.checks} checks, {outcome.stats.cached} cached verdicts reused; {minimal}).", "",
           *table.markdown()]
     md += ["", f"- mixed-precision model (deploy; TensorRT 11 strongly typed): `{written['mixed']}`",
-           f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}` "
-           f"(`bisector compare MODEL --precision {opts.precision} --keep-fp32 @{written['keep_fp32']}`)",
+           f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}`" + (
+               "" if opts.precision == "int8" else  # compare realizes fp16/bf16 only; int8 is the QDQ model above
+               f" (`bisector compare MODEL --precision {opts.precision} --keep-fp32 @{written['keep_fp32']}`)"),
            f"- TensorRT <= 10: `{written['layer_precisions']}`; {_trtexec_md(written)}", "",
            "## Checks per phase", "", "| phase | checks | verdicts (good/bad/skip) |", "|---|---|---|"]
     md += [f"| {p} | {n} | {v} |" for p, n, v in phase_rows(session)]
@@ -203,6 +204,20 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     console.print(f"{minimal}; {checks_line(outcome.stats)}", highlight=False)
     console.print(f"[bold]mixed model:[/] {opts.output or written['mixed']}", highlight=False)
     console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)
+
+
+def minimal_text(res: dict, opts) -> str:
+    """What the answer's 1-minimality rests on: every removal checked, or some inferred from a
+    failing superset, which holds only where keeping more nodes never hurts (bf16 can break it)."""
+    if res.get("one_minimal") is None:
+        return f"{opts.mode} mode ({opts.direction}): a contiguous run, not minimized"
+    if not res["one_minimal"]:
+        return "NOT shown 1-minimal: the check skipped a removal"
+    inferred = res.get("removals_inferred", 0)
+    if not inferred:
+        return "1-minimal: removing any one node fails (each removal checked)"
+    return (f"1-minimal if keeping more nodes never hurts: {inferred} of {len(res['keep'])} removals inferred from "
+            f"failing supersets (--verify-minimal checks each)")
 
 
 def phase_rows(session) -> list[tuple[str, int, str]]:

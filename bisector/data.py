@@ -163,6 +163,7 @@ def _load(path: str | os.PathLike, what: str, hint: str, parse) -> Any:
 def save_inputs(samples: Samples, path: str | os.PathLike) -> Path:
     """Write input samples as a Polygraphy inputs JSON (or ``.npz`` if the name ends so)."""
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix == ".npz":
         flat = {f"{i}/{name}": np.asarray(arr) for i, s in enumerate(samples) for name, arr in s.items()}
         np.savez(p, **flat)
@@ -231,6 +232,7 @@ def save_outputs(results: Any, path: str | os.PathLike, runner_name: str = DEFAU
     """
     runs = _as_runs(results, runner_name)
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix == ".npz":
         flat = {f"{r}/{i}/{name}": np.asarray(arr)
                 for r, samples in enumerate(runs.values())

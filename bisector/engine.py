@@ -252,7 +252,7 @@ class Engine:
         if v != Verdict.BAD:
             what = "passes" if v == Verdict.GOOD else "was skipped by"
             raise EndpointError(
-                f"the {must_fail.label or 'full subject'} {what} the check, so there is no failure to search for",
+                f"{must_fail.label or 'the full subject'}: {what} the check, so there is no failure to search for",
                 hint="is the check right? run it by hand on the model; if the failure comes and goes, "
                      "try --repeat 3 --vote any")
         if must_pass is not None:

@@ -124,7 +124,7 @@ def test_full_candidate_passing_is_an_endpoint_error(tmp_path):
     eng, record = engine(tmp_path, 10, {42})  # 42 is in no candidate: nothing fails
     with pytest.raises(EndpointError) as err:
         eng.run()
-    assert "full model (10 nodes) passes the check" in err.value.message
+    assert "full model (10 nodes): passes the check" in err.value.message
     assert "no failure to search for" in err.value.message
     assert err.value.hint and "check" in err.value.hint
     assert isinstance(err.value, UserError)

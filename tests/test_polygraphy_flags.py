@@ -182,3 +182,27 @@ def test_flags_with_attached_values_end_a_value_list():
         ["compare", "--load-inputs", "a.json", "--load-inputs", "b.json", "-vv", "m.onnx"]
     assert split_argv(["reduce", "m.onnx", "--fail-code", "-1", "2", "-j4"])[0] == \
         ["reduce", "m.onnx", "--fail-code", "-1", "--fail-code", "2", "-j4"]
+
+
+def test_keep_files_in_every_format_bisector_writes(tmp_path, capsys):
+    model = str(fixture_path("fp16_overflow_1"))
+    tol = ["--atol", "1e-2", "--rtol", "1e-2"]
+    (tmp_path / "layers.json").write_text(json.dumps({"matmul6": "float32", "rescale6": "float32"}))
+    (tmp_path / "keep.json").write_text(json.dumps({"precision": "fp16", "nodes": [{"name": "matmul6"},
+                                                                                    {"name": "rescale6"}]}))
+    (tmp_path / "list.json").write_text(json.dumps(["matmul6", "rescale6"]))
+    for name in ("layers.json", "keep.json", "list.json"):
+        code, out = run(capsys, "compare", model, "--precision", "fp16", "--keep-fp32", f"@{tmp_path / name}", *tol)
+        assert code == 0, (name, out)
+    (tmp_path / "bad.json").write_text(json.dumps([{"nam": "x"}]))
+    code, out = run(capsys, "compare", model, "--precision", "fp16", "--keep-fp32", f"@{tmp_path / 'bad.json'}")
+    assert code == 2 and "is neither a node name" in out and "Traceback" not in out
+
+
+def test_loaded_outputs_that_do_not_fit_are_usage_errors(tmp_path, capsys):
+    chain = str(fixture_path("chain"))
+    assert run(capsys, "compare", chain, "--save-outputs", str(tmp_path / "new" / "ref.json"))[0] == 0
+    code, out = run(capsys, "compare", chain, "--load-outputs", str(tmp_path / "new" / "ref.json"), "--samples", "2")
+    assert code == 2 and "--load-outputs holds 1 sample(s), and this run has 2" in out
+    code, out = run(capsys, "compare", str(fixture_path("convnet")), "--load-outputs", str(tmp_path / "new" / "ref.json"))
+    assert code == 2 and "none of which the model has" in out

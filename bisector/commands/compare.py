@@ -49,11 +49,53 @@ def read_keep(values: list[str] | None) -> frozenset[str]:
                 doc = json.loads(path.read_text())
             except ValueError as exc:
                 raise UserError(f"{path}: not JSON ({exc})") from None
-            items = doc.get("nodes", []) if isinstance(doc, dict) else doc
-            names += [i["name"] if isinstance(i, dict) else str(i) for i in items]
+            names += _keep_names(doc, path)
         else:
             names.append(v)
     return frozenset(names)
+
+
+def _fit_reference(ref: list[dict], outputs: set[str], samples: int) -> list[dict]:
+    """``--load-outputs`` against this run: one sample per input sample (a usage error otherwise,
+    exit 2, never a "mismatch"), and only the outputs the model has (as Polygraphy compares the
+    outputs both runs have); none in common is a usage error too."""
+    if len(ref) != samples:
+        raise UserError(f"--load-outputs holds {len(ref)} sample(s), and this run has {samples} input sample(s)",
+                        hint="give the inputs the outputs were computed from (--load-inputs)")
+    names = set(ref[0]) if ref else set()
+    common = names & outputs
+    if not common:
+        raise UserError(f"--load-outputs has outputs {', '.join(sorted(names))}, none of which the model has",
+                        hint=f"the model's outputs are {', '.join(sorted(outputs))}")
+    if common != names:
+        log.warning("--load-outputs: %s not outputs of this model; compared: %s",
+                    ", ".join(sorted(names - common)), ", ".join(sorted(common)))
+    return [{k: v for k, v in sample.items() if k in common} for sample in ref]
+
+
+def _keep_names(doc, path: Path) -> list[str]:
+    """The node names of a keep file: keep_fp32.json (``{"nodes": [{"name": ...}, ...]}``),
+    layer_precisions.json (``{name: "float32", ...}``), or a list of names (or of ``{"name": ...}``)."""
+    if isinstance(doc, dict) and "nodes" in doc:
+        doc = doc["nodes"]
+    elif isinstance(doc, dict):
+        if not all(isinstance(v, str) for v in doc.values()):
+            raise UserError(f"{path}: not a keep file (keep_fp32.json, layer_precisions.json or a list of names)")
+        low = sorted(k for k, v in doc.items() if v.lower() not in ("float32", "fp32", "float"))
+        if low:
+            raise UserError(f"{path}: gives {low[0]!r} the precision {doc[low[0]]!r}; a keep file lists fp32 nodes")
+        return list(doc)
+    if not isinstance(doc, list):
+        raise UserError(f"{path}: not a keep file (keep_fp32.json, layer_precisions.json or a list of names)")
+    names = []
+    for item in doc:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            names.append(item["name"])
+        elif isinstance(item, str):
+            names.append(item)
+        else:
+            raise UserError(f"{path}: {json.dumps(item)[:60]} is neither a node name nor {{\"name\": ...}}")
+    return names
 
 
 def load_model(path: Path, shapes: dict[str, list[int]], samples_for_shapes=None,
@@ -88,6 +130,8 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
     data = model_samples(model, load, samples, seed, val_range, script)
+    if reference_outputs is not None:
+        reference_outputs = _fit_reference(reference_outputs, outputs, len(data))
     with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:
         ref = reference_outputs or run_reference(reference, model, weights, Path(tmp), data)
         out = target.run(model, weights, Path(tmp), data, output_names=list(ref[0]))

@@ -186,15 +186,19 @@ def measure_errors(prepared: Prepared, realized: onnx.ModelProto, realized_dir: 
         path = mio.save(mio.normalize_ir(model), workdir / f"shadow_{c // SHADOW_CHUNK}.onnx",
                         weights_from=realized_dir)
         sess = rt.session(path)
-        acc: dict[str, list[float]] = {s: [0.0, 0.0, 0.0, 0, 0.0] for s, _, _ in compare}
+        acc: dict[str, list[float]] = {s: [0.0, 0.0, 0.0, 0, 0.0, 0] for s, _, _ in compare}
         for s in range(store.samples):
             outs = sess.run([x[0] for x in compare], {f: np.ascontiguousarray(store.get(f, s)) for f in feeds})
             for (sname, ref, _), low in zip(compare, outs, strict=True):
-                _accumulate(acc[sname], np.asarray(low, np.float64), np.asarray(store.get(ref, s), np.float64))
+                low, want = np.asarray(low, np.float64), np.asarray(store.get(ref, s), np.float64)
+                if low.shape == want.shape:  # a Loop/If output run alone may differ: no own error then
+                    _accumulate(acc[sname], low, want)
         del sess
         path.unlink()
         for sname, ref, node in compare:
-            sq_diff, sq_ref, max_err, nonfinite, ref_max = acc[sname]
+            sq_diff, sq_ref, max_err, nonfinite, ref_max, compared = acc[sname]
+            if not compared:
+                continue
             err = math.inf if nonfinite else math.sqrt(sq_diff / max(sq_ref, _TINY))
             old = errors.get(node)
             if old is None or err > old.error or (math.isnan(old.error) and not math.isnan(err)):
@@ -215,6 +219,7 @@ def _accumulate(acc: list, low: np.ndarray, ref: np.ndarray) -> None:
     acc[2] = max(acc[2], float(diff.max(initial=0.0)))
     acc[3] += int(bad.sum())
     acc[4] = max(acc[4], float(np.abs(ref[ok]).max(initial=0.0)))
+    acc[5] += 1  # samples compared
 
 
 def noise_floor(errors: dict[str, NodeError], precision: str) -> float:

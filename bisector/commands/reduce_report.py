@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 
@@ -55,7 +56,8 @@ def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, 
     artifact, inputs = str(artifact), str(inputs)
     if check_argv:
         return [artifact if a == iter_artifact else inputs if a == "inputs.json"
-                else a.replace("{artifact}", artifact).replace("{inputs}", inputs) for a in check_argv]
+                else _absolute(a.replace("{artifact}", artifact).replace("{inputs}", inputs), i, check_argv)
+                for i, a in enumerate(check_argv)]
     if engine and reference is not None:
         return ["polygraphy", "run", artifact, "--model-type", "engine", "--trt", "--load-inputs", inputs,
                 "--load-outputs", str(reference)]
@@ -77,6 +79,16 @@ def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, 
     if cmp.validate:
         cmd.append("--validate")
     return cmd
+
+
+def _absolute(arg: str, i: int, argv: list[str]) -> str:
+    """A relative path in the check command that names a file here (``--load-outputs ref.json``)
+    is made absolute, so the printed command works from any directory; the command's own name and
+    ``python -m NAME`` are left alone."""
+    prefix, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    if i == 0 or not value or os.path.isabs(value) or value.startswith("-") or argv[i - 1] == "-m":
+        return arg
+    return f"{prefix}{eq}{os.path.abspath(value)}" if os.path.isfile(value) else arg
 
 
 def count(n: int, noun: str) -> str:

@@ -149,13 +149,17 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
         os.fsync(f.fileno())
 
 
-def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) -> None:
+def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path, *, borrowed: bool = False) -> None:
     """Make every external file of ``model`` reachable from ``dest_dir`` by its relative location.
 
     Hard links first: onnxruntime (1.31) resolves symlinks and refuses external data that then lies
     outside the model's directory, and TensorRT's parser rejects ``../`` in locations. Across file
     systems a hard link is impossible; then a symlink (TensorRT follows it; onnxruntime refuses it),
     and a copy only if the file system allows neither.
+
+    ``borrowed``: the files are the user's. While any hard link to them exists, ``onnx.load`` refuses
+    the user's own model ("potential hardlink attack"), so they are remembered and
+    :func:`release_borrowed` removes every link to them when bisector is done with the session.
     """
     weights_from = Path(weights_from).resolve()
     dest_dir = Path(dest_dir)
@@ -164,6 +168,9 @@ def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) ->
     for loc in external_locations(model):
         src = weights_from / loc
         dst = dest_dir / loc
+        if borrowed and src.exists():
+            st = src.stat()
+            _BORROWED.add((st.st_dev, st.st_ino))
         if dst.exists() or dst.is_symlink():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +181,29 @@ def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path) ->
                 os.symlink(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
+
+
+_BORROWED: set[tuple[int, int]] = set()  # (device, inode) of the user's weight files linked into a session
+
+
+def release_borrowed(root: Path) -> int:
+    """Remove every hard link under ``root`` to a user's weight file (see :func:`link_external`), so
+    that ``onnx.load`` accepts the user's model again; a resumed session links them anew. Returns
+    how many were removed."""
+    if not _BORROWED:
+        return 0
+    removed = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) in _BORROWED and st.st_nlink > 1:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path | None = None,

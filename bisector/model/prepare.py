@@ -60,7 +60,7 @@ def prepare(path: str | Path, *, shapes: dict[str, list[int]] | None = None, fol
         ext_before = mio.external_locations(model)
         if ext_before:
             # Link the user's weight files in, so every location resolves against weights_dir.
-            mio.link_external(model, base, weights_dir)
+            mio.link_external(model, base, weights_dir, borrowed=True)
         mio.externalize(model, weights_dir)
         base = weights_dir
     return Prepared(model=model, weights_dir=base, fingerprint=fp, source=path)

@@ -53,8 +53,6 @@ DIRECTIONS = ("forward", "reverse")
 # 2k*ceil(log2 N)+1 budget).
 DENSE_MAX_FACTOR = 2
 DENSE_ROUNDS = 2
-# Passes of the minimize phase before giving up on a non-monotone check (each pass only removes).
-MAX_MINIMIZE_PASSES = 4
 
 
 class PrecisionStrategy(Strategy):
@@ -218,7 +216,7 @@ class PrecisionStrategy(Strategy):
         """Drop what can be dropped; returns ``(keep, proof)``. ``keep`` is known to pass."""
         current = list(keep)
         proof: list[dict[str, str]] = []
-        for _ in range(MAX_MINIMIZE_PASSES):
+        while True:  # a pass that removes nothing ends it, so at most len(keep) + 1 passes
             proof, removed = [], False
             for x in list(current):
                 rest = frozenset(y for y in current if y != x)
@@ -266,5 +264,6 @@ class PrecisionStrategy(Strategy):
             "lowerable": len(self.items),
             "minimal_proof": proof,
             "one_minimal": None if proof is None else all(p["verdict"] == "bad" for p in proof),
+            "removals_inferred": 0 if proof is None else sum(p["how"] == "inferred" for p in proof),
             "checks_per_phase": dict(self.progress.phases),
         }
