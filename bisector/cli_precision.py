@@ -65,6 +65,13 @@ def precision(
         if cmp.realize is not None:
             raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
         precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
+    for flag, unused in (("--dir", mode == "auto" and direction != "forward"),
+                         ("--verify-minimal", verify_minimal and mode != "auto"),
+                         ("--realize", cmp.precision == "int8" and cmp.realize is not None)):
+        if unused:
+            where = "applies to fp16 and bf16" if flag == "--realize" else \
+                ("applies to --mode bisect|linear" if flag == "--dir" else "applies to --mode auto")
+            cli.console.print(f"note: {flag} {where}; ignored here", style="dim", highlight=False)
     for path in (output, data.save_inputs):
         cli.check_writable(path, model)
     # The check runs the realized model as it is: its Target gets no precision of its own.
