@@ -7,14 +7,14 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv, uses
+from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv
 from bisector.cli_polygraphy import take_polygraphy_flags
-from bisector.errors import EXIT_BAD, EXIT_USAGE, SessionAborted, UserError, one_of
+from bisector.errors import EXIT_USAGE, SessionAborted, UserError, one_of
 from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
 
 EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
@@ -109,14 +109,14 @@ def check_writable(path: Optional[Path], model: Optional[Path] = None) -> None:
         raise UserError(f"cannot write {path}: {parent}: {exc.strerror or exc}") from None
 
 
-def _compare_config(c: CompareOptions):
+def compare_config(c: CompareOptions):
     from bisector.comparator_config import CompareConfig
 
     return CompareConfig.from_flags(atol=c.atol, rtol=c.rtol, check_error_stat=c.check_error_stat,
                                     error_quantile=c.error_quantile, validate=c.validate)
 
 
-def _target(c: CompareOptions):
+def compare_target(c: CompareOptions):
     from bisector.backends.target import Target
     from bisector.commands.compare import read_keep
 
@@ -127,7 +127,7 @@ def _target(c: CompareOptions):
     return Target(provider=c.provider, precision=c.precision, keep=read_keep(c.keep_fp32), realize=c.realize)
 
 
-def _data_args(d: DataOptions) -> dict:
+def data_args(d: DataOptions) -> dict:
     from bisector.data import parse_val_range
     from bisector.model.shapes import parse_shapes
 
@@ -145,7 +145,7 @@ def _data_args(d: DataOptions) -> dict:
 
 def candidate_args(d: DataOptions, s: SessionOptions, cmp: CompareOptions, artifact: str) -> dict:
     """The ``CandidateOptions`` fields (bisector/commands/candidates.py) that the shared flags set."""
-    a = _data_args(d)
+    a = data_args(d)
     name = s.iter_artifact or artifact
     if name in ("", ".", "..") or Path(name).name != name:
         raise UserError(f"--iter-artifact {name!r} must be a plain file name: candidates are written in their "
@@ -190,7 +190,7 @@ def build_check(chk: CheckOptions, cmp: CompareOptions):
     elif cmp.compare:
         from bisector.checks.compare import CompareCheck
 
-        check = CompareCheck(_target(cmp), _compare_config(cmp))
+        check = CompareCheck(compare_target(cmp), compare_config(cmp))
     else:
         from bisector.checks.interactive import InteractiveCheck
 
@@ -323,128 +323,6 @@ def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> No
         console.print(f"[yellow]note:[/] {stopped}", highlight=False, soft_wrap=True)
 
 
-# ---------------------------------------------------------------------------------------- compare
-@guarded
-@uses(DataOptions, CompareOptions)
-def compare(
-    model: Annotated[Path, typer.Argument(help="The ONNX model")],
-    data: DataOptions,
-    cmp: CompareOptions,
-    save_outputs: Annotated[Optional[Path], typer.Option("--save-outputs", help="Write target outputs (Polygraphy RunResults JSON or .npz)")] = None,
-    load_outputs: Annotated[Optional[Path], typer.Option("--load-outputs", help="Use these reference outputs instead of running the reference")] = None,
-):
-    """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
-    from bisector.commands.compare import run_compare
-    from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
-    from bisector.display import render_comparison
-
-    target = _target(cmp)
-    if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":
-        console.print(f"note: a true {cmp.precision} model on onnxruntime's CPU provider is computed in fp32 between "
-                      f"ops, so overflow stays hidden here; --realize emulate shows what a GPU would",
-                      style="dim", highlight=False, soft_wrap=True)
-    args = _data_args(data)
-    for path in (data.save_inputs, save_outputs):
-        check_writable(path, model)
-    reference_outputs = None
-    if load_outputs:
-        runs = read_outputs(load_outputs)
-        reference_outputs = next(iter(runs.values()))
-    run = run_compare(model, target, _compare_config(cmp), reference=cmp.reference,
-                      reference_outputs=reference_outputs, **args)
-    if data.save_inputs:
-        save_inputs(run.samples, data.save_inputs)
-    if save_outputs:
-        write_outputs({target.describe(): run.target_outputs}, save_outputs)
-    ref_name = ("loaded outputs" if load_outputs else
-                "onnx reference evaluator fp64" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
-    console.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
-                  f"{len(run.samples)} sample(s)", highlight=False)
-    for sample in run.comparison.samples:
-        console.print(render_comparison(sample))
-    console.print(run.comparison.summary(), style="bold green" if run.comparison.passed else "bold red",
-                  highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if run.comparison.passed else EXIT_BAD)
-
-
-# ---------------------------------------------------------------------------------------- sessions
-@guarded
-def resume(
-    session: Annotated[Path, typer.Argument(help="The session directory")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the answer here instead of the original command's -o")] = None,
-):
-    """Continue a session after Ctrl-C, a crash or kill -9 (at most the check in flight is repeated)."""
-    from bisector.artifacts.replay import set_flag, with_session
-    from bisector.artifacts.session import load_meta
-
-    meta = load_meta(session)
-    argv = with_session(list(meta["command"][1:]), str(session.resolve()))
-    if output is not None and meta.get("strategy") == "repeat":
-        raise UserError("a repeat session writes no model: -o does not apply to it")
-    if output is not None:
-        argv = set_flag(argv, ("-o", "--output"), str(output.absolute()))
-    cwd = meta.get("cwd")
-    if cwd and Path(cwd).is_dir():
-        os.chdir(cwd)
-    raise typer.Exit(main(argv, exit=False))
-
-
-@guarded
-def log(session: Annotated[Path, typer.Argument(help="The session directory")]):
-    """Print the session's verdicts as an editable log (git bisect log); replay it with `bisector replay`."""
-    from bisector.artifacts.replay import format_log
-
-    sys.stdout.write(format_log(session))
-
-
-@guarded
-def replay(
-    logfile: Annotated[Path, typer.Argument(help="A log written by `bisector log` (edited or not)")],
-    session: Annotated[Optional[Path], typer.Option("--session", help="Directory of the new session")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the answer here (default: the new session's result/, never over the original command's files)")] = None,
-):
-    """Replay an edited verdict log (git bisect replay): its verdicts are taken as given, the rest is checked."""
-    from bisector.artifacts.replay import seed_session
-
-    argv, redirected = seed_session(logfile, session, output)
-    for line in redirected:
-        console.print(f"replay writes {line}", highlight=False, soft_wrap=True)
-    raise typer.Exit(main(argv, exit=False))
-
-
-@guarded
-@uses(CheckOptions, SessionOptions)
-def repeat(
-    chk: CheckOptions,
-    s: SessionOptions,
-    until: Annotated[str, typer.Option("--until", help="good, bad, or a number of iterations")] = "bad",
-):
-    """Run the check again and again until it passes, fails, or N times (Polygraphy's debug repeat)."""
-    from bisector.commands.repeat import RepeatMaterializer, parse_until
-    from bisector.strategies.repeat import RepeatStrategy
-
-    from bisector.cli_options import CompareOptions as _C
-
-    target, limit = parse_until(until)
-    check = build_check(chk, _C())
-
-    def setup(session):
-        return RepeatStrategy(until=target, limit=limit), RepeatMaterializer()
-
-    def finish(session, outcome):
-        from bisector.artifacts.report import write_reports
-
-        r = outcome.result
-        text = (f"stopped after {r['runs']} run(s): {r['reason']}; good {r['good']}, bad {r['bad']}, "
-                f"skip {r['skip']}; failure rate {r['bad_rate']:.0%}")
-        write_reports(session, strategy="repeat", stats=outcome.stats, result=r, answer_md=f"## Answer\n\n{text}\n",
-                      reproduce=_check_argv)
-        console.print(text, highlight=False)
-
-    run_session(strategy_name="repeat", model=None, params={"until": until, "check": _check_argv}, s=s,
-                check=check, setup=setup, finish=finish)
-
-
 # ---------------------------------------------------------------------------------------- entry point
 try:  # recent typers vendor click; older ones use click itself
     from typer._click.exceptions import ClickException as _ClickException
@@ -513,7 +391,8 @@ def _main(argv: list[str]) -> int:
     return code
 
 
-from bisector import cli_precision, cli_reduce  # noqa: E402  (declared apart; they import this module lazily)
+# The commands are declared apart (they import this module lazily) and registered here.
+from bisector import cli_compare, cli_precision, cli_reduce, cli_sessions  # noqa: E402
 
 CHECK_EPILOG = ("--check CMD ...: everything after --check (or --check-inference) is the check command, as in "
                 "Polygraphy. It runs in each iteration directory, where the candidate is polygraphy_debug.onnx and "
@@ -521,6 +400,7 @@ CHECK_EPILOG = ("--check CMD ...: everything after --check (or --check-inference
                 "another code bad, 125 skip. Without --check: --compare, --check-func, --check-script, or you are "
                 "asked at each iteration.")
 
-for _command in (cli_reduce.reduce, cli_precision.precision, compare, repeat, resume, log, replay):
+for _command in (cli_reduce.reduce, cli_precision.precision, cli_compare.compare, cli_sessions.repeat,
+                 cli_sessions.resume, cli_sessions.log, cli_sessions.replay):
     app.command(name=_command.__name__,  # registered in the order `bisector --help` lists them
                 epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat") else None)(_command)

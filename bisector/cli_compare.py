@@ -1,0 +1,56 @@
+"""``bisector compare``: one model, target against reference, with Polygraphy's comparison rules.
+
+Registered by ``bisector/cli.py`` at its end, like the other commands declared apart.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bisector.cli_options import CompareOptions, DataOptions, guarded, uses
+from bisector.errors import EXIT_BAD
+
+
+@guarded
+@uses(DataOptions, CompareOptions)
+def compare(
+    model: Annotated[Path, typer.Argument(help="The ONNX model")],
+    data: DataOptions,
+    cmp: CompareOptions,
+    save_outputs: Annotated[Optional[Path], typer.Option("--save-outputs", help="Write target outputs (Polygraphy RunResults JSON or .npz)")] = None,
+    load_outputs: Annotated[Optional[Path], typer.Option("--load-outputs", help="Use these reference outputs instead of running the reference")] = None,
+):
+    """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
+    from bisector import cli
+    from bisector.commands.compare import run_compare
+    from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
+    from bisector.display import render_comparison
+
+    target = cli.compare_target(cmp)
+    if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":
+        cli.console.print(f"note: a true {cmp.precision} model on onnxruntime's CPU provider is computed in fp32 between "
+                      f"ops, so overflow stays hidden here; --realize emulate shows what a GPU would",
+                      style="dim", highlight=False, soft_wrap=True)
+    args = cli.data_args(data)
+    for path in (data.save_inputs, save_outputs):
+        cli.check_writable(path, model)
+    reference_outputs = None
+    if load_outputs:
+        runs = read_outputs(load_outputs)
+        reference_outputs = next(iter(runs.values()))
+    run = run_compare(model, target, cli.compare_config(cmp), reference=cmp.reference,
+                      reference_outputs=reference_outputs, **args)
+    if data.save_inputs:
+        save_inputs(run.samples, data.save_inputs)
+    if save_outputs:
+        write_outputs({target.describe(): run.target_outputs}, save_outputs)
+    ref_name = ("loaded outputs" if load_outputs else
+                "onnx reference evaluator fp64" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
+    cli.console.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
+                  f"{len(run.samples)} sample(s)", highlight=False)
+    for sample in run.comparison.samples:
+        cli.console.print(render_comparison(sample))
+    cli.console.print(run.comparison.summary(), style="bold green" if run.comparison.passed else "bold red",
+                  highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if run.comparison.passed else EXIT_BAD)
