@@ -228,3 +228,18 @@ def test_reduce_refuses_a_reference_it_does_not_use(tmp_path, capsys):
     code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--reference", "fp64",
                     "--compare")
     assert code == 2 and "--reference fp64: reduce compares candidates with the full model's own activations" in out
+
+
+def test_a_session_in_the_models_own_directory_keeps_the_users_weight_file(tmp_path, capsys):
+    import shutil
+
+    import onnx
+
+    for f in ("external.onnx", "external.onnx.data"):
+        shutil.copy(fixture_path("external").with_name(f), tmp_path / f)
+    code, out = run(capsys, "precision", str(tmp_path / "external.onnx"), "--precision", "fp16", "-o",
+                    str(tmp_path / "mixed.onnx"), "--session", str(tmp_path), "-q", "--compare")
+    assert code in (0, 2), out  # the answer does not matter here
+    data = tmp_path / "external.onnx.data"
+    assert data.exists() and data.stat().st_nlink == 1  # the session's links are gone, the user's file is not
+    onnx.load(str(tmp_path / "external.onnx"))

@@ -170,7 +170,7 @@ def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path, *,
         dst = dest_dir / loc
         if borrowed and src.exists():
             st = src.stat()
-            _BORROWED.add((st.st_dev, st.st_ino))
+            _BORROWED.setdefault((st.st_dev, st.st_ino), set()).add(os.path.abspath(src))
         if dst.exists() or dst.is_symlink():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,8 @@ def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path, *,
                 shutil.copyfile(src, dst)
 
 
-_BORROWED: set[tuple[int, int]] = set()  # (device, inode) of the user's weight files linked into a session
+# (device, inode) of the user's weight files linked into a session -> the user's own paths to them
+_BORROWED: dict[tuple[int, int], set[str]] = {}
 
 
 def release_borrowed(root: Path) -> int:
@@ -195,10 +196,12 @@ def release_borrowed(root: Path) -> int:
     removed = 0
     for dirpath, _, files in os.walk(root):
         for name in files:
-            path = os.path.join(dirpath, name)
+            path = os.path.abspath(os.path.join(dirpath, name))
             try:
                 st = os.lstat(path)
-                if (st.st_dev, st.st_ino) in _BORROWED and st.st_nlink > 1:
+                originals = _BORROWED.get((st.st_dev, st.st_ino))
+                # never the user's own file, should the session directory hold it (--session .)
+                if originals and path not in originals and st.st_nlink > 1:
                     os.unlink(path)
                     removed += 1
             except OSError:
