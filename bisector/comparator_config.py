@@ -29,7 +29,9 @@ def _parse_named(args: Sequence[str] | None, flag: str, convert) -> tuple[Any, d
     """``["1e-3", "out0:1e-2"]`` -> ``(1e-3, {"out0": 1e-2})``; the last ``:`` splits off the name."""
     default, per_output = None, {}
     for arg in args or []:
-        name, _, value = str(arg).rpartition(":")
+        name, colon, value = str(arg).rpartition(":")
+        if colon and not name.strip():
+            raise UserError(f"{flag} {arg!r}: no output name before ':'", hint=f"use {flag} VALUE [NAME:VALUE ...]")
         try:
             parsed = convert(value.strip())
         except ValueError:

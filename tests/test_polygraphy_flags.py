@@ -206,3 +206,8 @@ def test_loaded_outputs_that_do_not_fit_are_usage_errors(tmp_path, capsys):
     assert code == 2 and "--load-outputs holds 1 sample(s), and this run has 2" in out
     code, out = run(capsys, "compare", str(fixture_path("convnet")), "--load-outputs", str(tmp_path / "new" / "ref.json"))
     assert code == 2 and "none of which the model has" in out
+
+
+def test_a_tolerance_without_an_output_name_before_the_colon_is_refused(capsys):
+    code, out = run(capsys, "compare", str(fixture_path("chain")), "--atol", ":1")
+    assert code == 2 and "no output name before ':'" in out

@@ -92,7 +92,12 @@ class OnnxRuntime:
         try:
             return ort.InferenceSession(src, sess_options=opts, providers=providers)
         except Exception as exc:
-            raise UserError(f"onnxruntime cannot load the model: {_one_line(exc)}") from None
+            text = _one_line(exc)
+            hint = None
+            if "NOT_IMPLEMENTED" in text:
+                hint = ("the provider has no kernel for that op in the types the model uses; for an fp16/bf16 "
+                        "model on the CPU, --realize emulate runs it as fp32 with explicit rounding")
+            raise UserError(f"onnxruntime cannot load the model: {text}", hint=hint) from None
 
     def run(self, model: str | os.PathLike | bytes, samples: list[dict[str, np.ndarray]],
             output_names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
