@@ -135,8 +135,9 @@ def data_args(d: DataOptions) -> dict:
         raise UserError(f"--samples/--iterations must be at least 1, not {d.samples}")
     if d.seed < 0:
         raise UserError(f"--seed must be 0 or more, not {d.seed}")
-    if d.data_loader_script and d.load_inputs:
-        raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
+    from bisector.commands.candidates import one_sample_source
+
+    one_sample_source(d.load_inputs, d.data_loader_script)  # before a session is opened
     return {"shapes": parse_shapes(d.input_shapes), "load": d.load_inputs or [], "samples": d.samples,
             "seed": d.seed, "val_range": parse_val_range(d.val_range) if d.val_range else None,
             "script": d.data_loader_script,

@@ -4,10 +4,7 @@ weights come from, and the input samples every candidate is run on.
 Example::
 
     opts = ReduceOptions(model=Path("model.onnx"), load_inputs=[Path("inputs.json")])
-    shapes, source = frozen_shapes(opts)
-    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
-                       weights_dir=root / "weights")
-    samples = input_samples(prepared, opts)
+    prepared, samples = prepare_candidates(opts, root)
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ import onnx
 from bisector.data import generate_inputs, load_inputs
 from bisector.errors import UserError, one_of
 from bisector.model import io as mio
-from bisector.model.prepare import Prepared, default_specs
+from bisector.model.prepare import Prepared, default_specs, prepare
 from bisector.model.shapes import shapes_from_samples
 
 DEFAULT_ARTIFACT = "polygraphy_debug.onnx"  # Polygraphy's name: its users' checks already say it
@@ -61,32 +58,38 @@ class CandidateOptions:
                 "iter_artifact": self.iter_artifact, "weights": self.weights}
 
 
-def frozen_shapes(opts: CandidateOptions) -> tuple[dict[str, list[int]], str]:
-    """``--input-shapes``, else the shapes of the first loaded sample, else nothing to freeze; and
-    the flag they came from."""
-    if opts.input_shapes:
-        return dict(opts.input_shapes), "--input-shapes"
+def prepare_candidates(opts: CandidateOptions, root: Path) -> tuple[Prepared, list[dict[str, np.ndarray]]]:
+    """The prepared model (weights in ``root/weights``) and the samples every candidate runs on.
+
+    Loaded samples are read once: their first sample freezes the input shapes unless
+    ``--input-shapes`` does, and all of them are checked against the model (:func:`model_samples`).
+    """
     loaded = loaded_samples(opts.load_inputs, opts.data_loader_script)
-    if loaded:
-        return shapes_from_samples(loaded[:1]), sample_source(opts.load_inputs, opts.data_loader_script)
-    return {}, "--input-shapes"
+    source = sample_source(opts.data_loader_script)
+    if opts.input_shapes or not loaded:
+        shapes, shapes_source = dict(opts.input_shapes), "--input-shapes"
+    else:
+        shapes, shapes_source = shapes_from_samples(loaded[:1]), source
+    prepared = prepare(opts.model, shapes=shapes, shapes_source=shapes_source, data_dir=opts.external_data_dir,
+                       weights_dir=Path(root) / "weights")
+    return prepared, model_samples(prepared.model, loaded, source, opts.samples, opts.seed, opts.val_range)
 
 
-def input_samples(prepared: Prepared, opts: CandidateOptions) -> list[dict[str, np.ndarray]]:
-    """The samples every candidate of a search runs on: see :func:`model_samples`."""
-    return model_samples(prepared.model, opts.load_inputs, opts.samples, opts.seed, opts.val_range,
-                         opts.data_loader_script)
-
-
-def sample_source(load: list[Path] | None, script: str | None) -> str:
+def sample_source(script: str | None) -> str:
+    """The flag loaded samples come from, for messages."""
     return "--data-loader-script" if script else "--load-inputs"
+
+
+def one_sample_source(load: list[Path] | None, script: str | None) -> None:
+    """UserError if both ``--load-inputs`` and ``--data-loader-script`` are given."""
+    if script and load:
+        raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
 
 
 def loaded_samples(load: list[Path] | None, script: str | None) -> list[dict[str, np.ndarray]] | None:
     """The samples of the ``--load-inputs`` files or of ``--data-loader-script``; None for neither."""
+    one_sample_source(load, script)
     if script:
-        if load:
-            raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
         return script_samples(script)
     if load:
         data = [s for p in load for s in load_inputs(p)]
@@ -96,24 +99,24 @@ def loaded_samples(load: list[Path] | None, script: str | None) -> list[dict[str
     return None
 
 
-def model_samples(model: onnx.ModelProto, load: list[Path] | None, samples: int = 1, seed: int = 1,
-                  val_range=None, script: str | None = None) -> list[dict[str, np.ndarray]]:
-    """Every loaded sample (``--load-inputs`` or ``--data-loader-script``), checked against the
-    model's inputs (names and dtypes), or ``samples`` generated ones (``--seed``, ``--val-range``)."""
+def model_samples(model: onnx.ModelProto, loaded: list[dict[str, np.ndarray]] | None, source: str = "--load-inputs",
+                  samples: int = 1, seed: int = 1, val_range=None) -> list[dict[str, np.ndarray]]:
+    """The ``loaded`` samples (from :func:`loaded_samples`; ``source`` is their flag), checked
+    against the model's inputs (names and dtypes), or, if None, ``samples`` generated ones
+    (``--seed``, ``--val-range``)."""
     specs = default_specs(model)
-    data = loaded_samples(load, script)
-    if data is None:
+    if loaded is None:
         return generate_inputs(specs, samples=samples, seed=seed, val_range=val_range)
-    source = sample_source(load, script)
-    for s in data:
+    for s in loaded:
         unknown = set(s) - set(specs)
         if unknown:
             raise UserError(f"{source} has data for {', '.join(sorted(unknown))}, which the model has no input "
                             f"named", hint=f"the model's inputs are {', '.join(sorted(specs)) or 'none'}")
         for name, arr in s.items():
-            if np.asarray(arr).dtype != specs[name][0]:
-                raise UserError(f"{source} gives {name!r} as {np.asarray(arr).dtype}, the model wants {specs[name][0]}")
-    return data
+            dtype = np.asarray(arr).dtype
+            if dtype != specs[name][0]:
+                raise UserError(f"{source} gives {name!r} as {dtype}, the model wants {specs[name][0]}")
+    return loaded
 
 
 @functools.lru_cache(maxsize=4)

@@ -116,7 +116,8 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
                 load: list[Path] | None = None, samples: int = 1, seed: int = 1, val_range=None,
                 reference: str = "onnxrt", reference_outputs=None, script: str | None = None,
                 data_dir: Path | None = None) -> CompareRun:
-    model = load_model(path, shapes, loaded_samples(load, script), sample_source(load, script), data_dir)
+    loaded = loaded_samples(load, script)
+    model = load_model(path, shapes, loaded, sample_source(script), data_dir)
     outputs = {o.name for o in model.graph.output}
     for flag, named in (("--atol", config.atol_per_output), ("--rtol", config.rtol_per_output),
                         ("--check-error-stat", config.stat_per_output)):
@@ -129,7 +130,7 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
     if unknown:
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
-    data = model_samples(model, load, samples, seed, val_range, script)
+    data = model_samples(model, loaded, sample_source(script), samples, seed, val_range)
     if reference_outputs is not None:
         reference_outputs = _fit_reference(reference_outputs, outputs, len(data))
     with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:

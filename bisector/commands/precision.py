@@ -36,8 +36,8 @@ import onnx
 
 from bisector.backends.target import run_reference
 from bisector.checks.base import Artifact
-from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, frozen_shapes,
-                                          input_samples, weights_embedded)
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions,
+                                          prepare_candidates, weights_embedded)
 from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
 from bisector.commands.precision_sensitivity import NodeError, load_or_measure, sensitivity_order
 from bisector.commands.precision_trt import WeakEngineBuilder, layer_text, trtexec_flags
@@ -46,7 +46,7 @@ from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.fingerprint import items_fingerprint
 from bisector.model.precision import lowerable_nodes, rewrite
-from bisector.model.prepare import Prepared, prepare
+from bisector.model.prepare import Prepared
 from bisector.strategies.base import Candidate
 from bisector.strategies.precision import PrecisionStrategy
 
@@ -157,10 +157,7 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
     """Everything before the search; on resume the recording, calibration and errors are reused."""
     one_of("--precision", opts.precision, PRECISIONS)
     root = Path(session_root)
-    shapes, source = frozen_shapes(opts)
-    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
-                       weights_dir=root / "weights")
-    samples = input_samples(prepared, opts)
+    prepared, samples = prepare_candidates(opts, root)
     inputs_file = save_inputs(samples, root / INPUTS_NAME)
     names = [n.name for n in prepared.model.graph.node]
     unknown = sorted(opts.keep_always - set(names))

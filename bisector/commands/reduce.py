@@ -19,7 +19,7 @@ import numpy as np
 
 from bisector.backends.record import ActivationStore, record_activations
 from bisector.checks.base import Artifact
-from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, frozen_shapes, input_samples,
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, prepare_candidates,
                                           weights_embedded)
 from bisector.data import save_inputs
 from bisector.engine import Engine, Outcome
@@ -28,7 +28,7 @@ from bisector.model import io as mio
 from bisector.model.extract import SubgraphCutter
 from bisector.model.fingerprint import items_fingerprint
 from bisector.model.graph import GraphIndex
-from bisector.model.prepare import Prepared, prepare
+from bisector.model.prepare import Prepared
 from bisector.strategies.base import Candidate
 from bisector.strategies.reduce import ReduceStrategy
 
@@ -108,10 +108,7 @@ def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.nda
 
 def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStrategy, ReduceMaterializer]:
     """Everything before the search; cheap on resume (the recording is reused)."""
-    shapes, source = frozen_shapes(opts)
-    prepared = prepare(opts.model, shapes=shapes, shapes_source=source, data_dir=opts.external_data_dir,
-                       weights_dir=session_root / "weights")
-    samples = input_samples(prepared, opts)
+    prepared, samples = prepare_candidates(opts, session_root)
     store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations")
     index = GraphIndex(prepared.model)
     if len(index) == 0:
