@@ -39,9 +39,7 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[bold red]bisector: error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-            if exc.hint:
-                console.print(f"  hint: {escape(exc.hint)}", highlight=False, style="dim", soft_wrap=True)
+            error_line(exc.message, exc.hint)
             raise typer.Exit(EXIT_USAGE)
         except SessionAborted as exc:
             console.print(f"[yellow]stopped:[/] {exc}", highlight=False)
@@ -49,12 +47,8 @@ def guarded(fn):
         except OSError as exc:
             if exc.errno not in FILE_ERRNOS:
                 raise
-            console.print(f"[bold red]bisector: error:[/] {escape(_os_error_text(exc))}", highlight=False,
-                          soft_wrap=True)
             root = _open_session()
-            if root:
-                console.print(f"  hint: fix that, then: bisector resume {escape(root)}", highlight=False,
-                              style="dim", soft_wrap=True)
+            error_line(_os_error_text(exc), f"fix that, then: bisector resume {root}" if root else None)
             raise typer.Exit(EXIT_USAGE)
         except KeyboardInterrupt:
             root = _open_session()
@@ -63,6 +57,13 @@ def guarded(fn):
             raise typer.Exit(EXIT_STOPPED)
 
     return wrapper
+
+
+def error_line(message: str, hint: Optional[str] = None) -> None:
+    """The one line every user error ends in (``bisector: error: ...``), and its hint below it."""
+    console.print(f"[bold red]bisector: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(f"  hint: {escape(hint)}", highlight=False, style="dim", soft_wrap=True)
 
 
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
@@ -346,7 +347,7 @@ def _polygraphy_flags(opts: list[str]) -> list[str]:
 
 def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
     """Console entry point. ``--check`` takes the rest of the command line, as in Polygraphy."""
-    global _check_argv, _depth
+    global _depth
     argv = sys.argv[1:] if argv is None else list(argv)
     _depth += 1
     try:
@@ -365,7 +366,7 @@ def _main(argv: list[str]) -> int:
     global _check_argv
     opts, _check_argv = split_argv(argv)
     if _check_argv is not None and not _check_argv:
-        console.print("[bold red]bisector: error:[/] --check needs a command after it", highlight=False)
+        error_line("--check needs a command after it")
         code = EXIT_USAGE
     else:
         try:
@@ -377,12 +378,9 @@ def _main(argv: list[str]) -> int:
             if type(exc).__name__ == "NoArgsIsHelpError":  # `bisector` alone: the help, as it is
                 console.print(exc.format_message(), highlight=False, markup=False)
                 return exc.exit_code
-            console.print(f"[bold red]bisector: error:[/] {escape(exc.format_message())}", highlight=False,
-                          soft_wrap=True)
             ctx = getattr(exc, "ctx", None)
-            if exc.exit_code == EXIT_USAGE:
-                where = ctx.command_path if ctx is not None else "bisector"
-                console.print(f"  hint: {where} --help", highlight=False, style="dim", soft_wrap=True)
+            where = ctx.command_path if ctx is not None else "bisector"
+            error_line(exc.format_message(), f"{where} --help" if exc.exit_code == EXIT_USAGE else None)
             code = exc.exit_code
         except typer.Abort:
             console.print("[yellow]stopped[/]", highlight=False)
