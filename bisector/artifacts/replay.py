@@ -108,42 +108,46 @@ def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
     ``value``, added before ``--check`` if it is not there; the check command is never touched."""
     end = _check_start(argv)
     head, tail = list(argv[:end]), argv[end:]
+    found = _locate(head, names)
+    if found is None:
+        return head + [names[-1], value] + tail
+    i, form = found
+    if form == "next":
+        head[i + 1] = value
+    elif form == "=":
+        head[i] = f"{head[i].partition('=')[0]}={value}"
+    else:  # -oVALUE
+        head[i] = f"{head[i][:2]}{value}"
+    return head + tail
+
+
+def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of bisector's flag ``names`` in ``argv`` (before ``--check``), or None."""
+    head = argv[:_check_start(argv)]
+    found = _locate(head, names)
+    if found is None:
+        return None
+    i, form = found
+    return head[i + 1] if form == "next" else head[i].partition("=")[2] if form == "=" else head[i][2:]
+
+
+def _locate(head: list[str], names: tuple[str, ...]) -> tuple[int, str] | None:
+    """Where flag ``names`` is in ``head`` and how its value is written: ``next`` (``-o x``), ``=``
+    (``--output=x``) or ``attached`` (``-ox``); None if it is not there."""
     for i, arg in enumerate(head):
         if arg in names and i + 1 < len(head):
-            head[i + 1] = value
-            return head + tail
+            return i, "next"
         name, eq, _ = arg.partition("=")
         if eq and name in names:
-            head[i] = f"{name}={value}"
-            return head + tail
-        if _attached(arg, names):  # -oVALUE
-            head[i] = f"{arg[:2]}{value}"
-            return head + tail
-    return head + [names[-1], value] + tail
-
-
-def _attached(arg: str, names: tuple[str, ...]) -> bool:
-    """``-oVALUE``: a one-letter flag of ``names`` with its value attached."""
-    return len(arg) > 2 and not arg.startswith("--") and arg[:2] in names
+            return i, "="
+        if len(arg) > 2 and not arg.startswith("--") and arg[:2] in names:
+            return i, "attached"
+    return None
 
 
 def _check_start(argv: list[str]) -> int:
     """Where the check command starts (its ``--check``/``--check-inference``), or the end."""
     return next((i for i, a in enumerate(argv) if a in ("--check", "--check-inference")), len(argv))
-
-
-def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
-    """The value of bisector's flag ``names`` in ``argv`` (before ``--check``), or None."""
-    end = _check_start(argv)
-    for i, arg in enumerate(argv[:end]):
-        if arg in names and i + 1 < end:
-            return argv[i + 1]
-        name, eq, value = arg.partition("=")
-        if eq and name in names:
-            return value
-        if _attached(arg, names):
-            return arg[2:]
-    return None
 
 
 # What a command writes besides its session, and where a replay writes it instead (in its result/).
