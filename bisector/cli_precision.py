@@ -65,13 +65,11 @@ def precision(
         if cmp.realize is not None:
             raise UserError("--realize and --precision-constraints both say how candidates are built: choose one")
         precision_trt.check_weak_typing(cmp.precision, constraints)  # before a session exists
-    for flag, unused in (("--dir", mode == "auto" and direction != "forward"),
-                         ("--verify-minimal", verify_minimal and mode != "auto"),
-                         ("--realize", cmp.precision == "int8" and cmp.realize is not None)):
+    for flag, unused, where in (("--dir", mode == "auto" and direction != "forward", "--mode bisect|linear"),
+                                ("--verify-minimal", verify_minimal and mode != "auto", "--mode auto"),
+                                ("--realize", cmp.precision == "int8" and cmp.realize is not None, "fp16 and bf16")):
         if unused:
-            where = "applies to fp16 and bf16" if flag == "--realize" else \
-                ("applies to --mode bisect|linear" if flag == "--dir" else "applies to --mode auto")
-            cli.console.print(f"note: {flag} {where}; ignored here", style="dim", highlight=False)
+            cli.console.print(f"note: {flag} applies to {where}; ignored here", style="dim", highlight=False)
     for path in (output, data.save_inputs):
         cli.check_writable(path, model)
     # The check runs the realized model as it is: its Target gets no precision of its own.
@@ -147,8 +145,9 @@ def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) 
     """The precision the search lowers nodes to, from bisector's ``--precision fp16|bf16|int8`` or
     from Polygraphy's ``--fp16``/``--bf16``/``--int8``. With the latter, ``-p/--precision`` is
     Polygraphy's: the precision of the kept layers, which is always fp32 here."""
-    names = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
-    given = names.get(precision.lower(), precision.lower()) if precision else None
+    from bisector.backends.trtexec_args import PRECISION_ALIASES
+
+    given = PRECISION_ALIASES.get(precision.lower(), precision.lower()) if precision else None
     flags = [p for p, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8)) if on]
     if len(flags) > 1:
         raise UserError(f"--{flags[0]} and --{flags[1]}: give one precision to lower to")

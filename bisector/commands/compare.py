@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from bisector.backends.target import Target, run_reference
+from bisector.backends.trtexec_args import PRECISION_ALIASES
 from bisector.commands.candidates import loaded_samples, model_samples, sample_source
 from bisector.comparator import compare_samples
 from bisector.comparator_config import CompareConfig
@@ -81,7 +82,7 @@ def _keep_names(doc, path: Path) -> list[str]:
     elif isinstance(doc, dict):
         if not all(isinstance(v, str) for v in doc.values()):
             raise UserError(f"{path}: not a keep file (keep_fp32.json, layer_precisions.json or a list of names)")
-        low = sorted(k for k, v in doc.items() if v.lower() not in ("float32", "fp32", "float"))
+        low = sorted(k for k, v in doc.items() if PRECISION_ALIASES.get(v.lower(), v.lower()) != "fp32")
         if low:
             raise UserError(f"{path}: gives {low[0]!r} the precision {doc[low[0]]!r}; a keep file lists fp32 nodes")
         return list(doc)
