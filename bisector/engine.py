@@ -401,14 +401,15 @@ def _log_event(e: dict[str, Any]) -> None:
     """One log line per event, for ``--log-file`` (the console shows events its own way): verdicts
     and the start and end at INFO, the rest at DEBUG."""
     kind = e["event"]
+    level = logging.INFO if kind in ("verdict", "start", "done", "dropped") else logging.DEBUG
+    if not events_log.isEnabledFor(level):  # nothing records it (no --log-file): build no line
+        return
     if kind == "verdict":
         note = f" ({e['note']})" if e.get("note") else ""
-        events_log.info("iteration %s: %s [%s] -> %s in %.2f s%s%s", e["iteration"], e["label"], e["phase"], e["verdict"],
-                 e["duration_s"], " (speculative)" if e.get("speculative") else "", note)
-    elif kind in ("start", "done", "dropped"):
-        events_log.info("%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time", "result")})
+        events_log.info("iteration %s: %s [%s] -> %s in %.2f s%s%s", e["iteration"], e["label"], e["phase"],
+                        e["verdict"], e["duration_s"], " (speculative)" if e.get("speculative") else "", note)
     else:
-        events_log.debug("%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time")})
+        events_log.log(level, "%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time", "result")})
 
 
 def _remove_intermediate(artifact: Artifact) -> None:
