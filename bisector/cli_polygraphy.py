@@ -31,14 +31,16 @@ LOG_FILE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 # flag: (how many values it takes, as in argparse: 0, 1, "?" (optional), "+" (one or more, until the next
 # flag) or "*" (none or more)), why it changes nothing here
+SHAPES_WHY = "bisector takes every cut tensor's shape from a real onnxruntime run"
+WEIGHTS_WHY = "candidates link or embed the session's weights (see --weights)"
 NO_EFFECT = {
-    "--no-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
-    "--no-onnxruntime-shape-inference": (0, "bisector takes every cut tensor's shape from a real onnxruntime run"),
+    "--no-shape-inference": (0, SHAPES_WHY),
+    "--no-onnxruntime-shape-inference": (0, SHAPES_WHY),
     "--log-format": ("+", "bisector's log lines have one format"),
-    "--save-external-data": ("?", "candidates link or embed the session's weights (see --weights)"),
-    "--external-data-path": ("?", "candidates link or embed the session's weights (see --weights)"),
-    "--external-data-size-threshold": (1, "candidates link or embed the session's weights (see --weights)"),
-    "--no-save-all-tensors-to-one-file": (0, "candidates link or embed the session's weights (see --weights)"),
+    "--save-external-data": ("?", WEIGHTS_WHY),
+    "--external-data-path": ("?", WEIGHTS_WHY),
+    "--external-data-size-threshold": (1, WEIGHTS_WHY),
+    "--no-save-all-tensors-to-one-file": (0, WEIGHTS_WHY),
     "--save-debug-replay": (1, "every verdict is in the session's journal: `bisector log SESSION` prints it and "
                                "`bisector replay` replays it"),
     "--data-loader-backend-module": (1, "inputs are generated with numpy"),
@@ -66,8 +68,7 @@ TRT_BUILDER_FLAGS = {
     **{f: "*" for f in ("--tactic-sources", "--preview-features", "--quantization-flags")},
 }
 NO_EFFECT.update({f: (nargs, TRT_BUILDER_WHY) for f, nargs in TRT_BUILDER_FLAGS.items()})
-NO_EFFECT["--shape-inference"] = NO_EFFECT["--do-shape-inference"] = (
-    0, "bisector takes every cut tensor's shape from a real onnxruntime run")
+NO_EFFECT["--shape-inference"] = NO_EFFECT["--do-shape-inference"] = (0, SHAPES_WHY)
 REFUSED = {
     "--ignore-external-data": (0, "a reduce runs its candidates, which needs the weights",
                                "give --external-data-dir DIR if they are elsewhere"),
