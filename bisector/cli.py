@@ -120,11 +120,12 @@ def compare_config(c: CompareOptions):
 def compare_target(c: CompareOptions):
     from bisector.backends.target import Target
     from bisector.commands.compare import read_keep
+    from bisector.model.precision import PRECISIONS, REALIZE_MODES
 
     if c.precision is not None:
-        one_of("--precision", c.precision, ("fp16", "bf16"))
+        one_of("--precision", c.precision, tuple(PRECISIONS))
     if c.realize is not None:
-        one_of("--realize", c.realize, ("true", "emulate"))
+        one_of("--realize", c.realize, REALIZE_MODES)
     return Target(provider=c.provider, precision=c.precision, keep=read_keep(c.keep_fp32), realize=c.realize)
 
 

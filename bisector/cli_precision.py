@@ -56,7 +56,9 @@ def precision(
     if order is not None:
         one_of("--order", order, prec.ORDERS)
     if cmp.realize is not None:
-        one_of("--realize", cmp.realize, ("true", "emulate"))
+        from bisector.model.precision import REALIZE_MODES
+
+        one_of("--realize", cmp.realize, REALIZE_MODES)
     if constraints is not None:
         if cmp.compare:
             raise UserError("--precision-constraints builds TensorRT engines, which the in-process --compare cannot run",
