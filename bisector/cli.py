@@ -14,10 +14,9 @@ from rich.markup import escape
 
 from bisector.cli_options import CheckOptions, CompareOptions, DataOptions, SessionOptions, split_argv
 from bisector.cli_polygraphy import take_polygraphy_flags
-from bisector.errors import EXIT_USAGE, SessionAborted, UserError, one_of
+from bisector.errors import (EXIT_INCONCLUSIVE, EXIT_STOPPED, EXIT_USAGE, Inconclusive, SessionAborted, UserError,
+                             one_of)
 from bisector.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
-
-EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   rich_markup_mode=None, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +37,9 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Inconclusive as exc:
+            error_line(exc.message, exc.hint)
+            raise typer.Exit(EXIT_INCONCLUSIVE)
         except UserError as exc:
             error_line(exc.message, exc.hint)
             raise typer.Exit(EXIT_USAGE)
@@ -263,8 +265,8 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
                 setup, finish, model_data_dir: Optional[Path] = None):
     """The shared life of a session: open (or resume), set up, search, report, say where it is.
 
-    ``setup(session) -> (strategy, materializer)``; ``finish(session, outcome) -> None`` writes
-    the strategy's answer and prints it.
+    ``setup(session) -> (strategy, materializer)``; ``finish(session, outcome) -> int`` writes
+    the strategy's answer, prints it and returns the exit code, which this returns.
     """
     from bisector.artifacts.session import Session, command_line
     from bisector.checks.interactive import InteractiveCheck
@@ -300,20 +302,40 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
             else:
                 outcome = engine.run()
         except (SessionAborted, UserError) as exc:
-            console.print(f"session kept: {session.root}; continue with: "
-                          f"bisector resume {shlex.quote(str(session.root))}", highlight=False)
+            from bisector.engine import EndpointError
+
+            if not isinstance(exc, EndpointError):  # resuming would only repeat the endpoints' verdicts
+                console.print(f"session kept: {session.root}; continue with: "
+                              f"bisector resume {shlex.quote(str(session.root))}", highlight=False)
             raise exc
         finally:
             for close in closers:
                 close()
-        finish(session, outcome)
+        code = finish(session, outcome) or 0
         console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
                       highlight=False)
     finally:  # the user's weight files, hard-linked into the session, break onnx.load of their model
         from bisector.model.io import release_borrowed
 
         release_borrowed(session.root)
-    return outcome
+    return code
+
+
+def inconclusive(session, why: str, force_output: bool, outputs, *, failing_log: bool = True) -> int:
+    """Say loudly that the answer cannot be trusted and why, where to look (with ``failing_log``,
+    the first failing check's log), and whether ``-o`` was written; returns ``EXIT_INCONCLUSIVE``."""
+    from bisector.artifacts.report import first_failure
+
+    written = [str(p) for p in outputs if p is not None]
+    console.print(f"[bold red]inconclusive:[/] {escape(why)}", highlight=False, soft_wrap=True)
+    if failing_log:
+        console.print(f"  first failing check: {escape(first_failure(session))}", highlight=False, soft_wrap=True)
+    if written and force_output:
+        console.print(f"  written anyway (--force-output): {', '.join(written)}", highlight=False, soft_wrap=True)
+    elif written:
+        console.print(f"  not written: {', '.join(written)} (the unconfirmed answer is in {session.root / 'result'}; "
+                      f"--force-output writes it)", highlight=False, soft_wrap=True)
+    return EXIT_INCONCLUSIVE
 
 
 def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> None:

@@ -213,6 +213,9 @@ class SessionOptions:
         "(relative: in the iteration directory)", rich_help_panel="Session")] = None
     no_remove_intermediate: Annotated[bool, typer.Option(
         "--no-remove-intermediate", help="Keep each iteration's artifact", rich_help_panel="Session")] = False
+    force_output: Annotated[bool, typer.Option(
+        "--force-output", help="Write -o even when the search is inconclusive (exit 4)",
+        rich_help_panel="Session")] = False
     load_debug_replay: Annotated[Optional[Path], typer.Option(
         "--load-debug-replay", help="Import the verdicts of a Polygraphy debug replay",
         rich_help_panel="Session")] = None

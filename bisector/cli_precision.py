@@ -46,7 +46,7 @@ def precision(
     from bisector.commands import precision_trt
     from bisector.commands.candidates import DEFAULT_ARTIFACT
     from bisector.commands.compare import read_keep
-    from bisector.engine import EndpointError
+    from bisector.engine import EndpointError, TrivialFails
 
     cmp = dataclasses.replace(cmp, precision=low_precision(cmp.precision, fp16, bf16, int8))
     if constraints == "none":  # Polygraphy's value for "no constraints": the ONNX rewrite, as without the flag
@@ -106,20 +106,30 @@ def precision(
 
     def finish(session, outcome):
         st = state["setup"]
-        written = prec.write_result(outcome.result, st, opts, session.result_dir)
+        doubt = prec.emulation_disagrees(outcome.result, st, opts, session.root / "emulation")
+        outcome.result["conclusive"] = doubt is None
+        written = prec.write_result(outcome.result, st, opts, session.result_dir,
+                                    publish=doubt is None or s.force_output)
         if data.save_inputs:
             from bisector.data import save_inputs
 
             save_inputs(st.materializer.samples, data.save_inputs)
-        report_precision(cli.console, session, outcome, written, st, opts, cli._check_argv, cmp)
+        report_precision(cli.console, session, outcome, written, st, opts, cli._check_argv, cmp, doubt)
+        if doubt is None:
+            return 0
+        return cli.inconclusive(session, f"the answer does not hold under bisector's {opts.precision} emulation: "
+                                f"{doubt}. The check ran true {opts.precision} models; if it runs them on "
+                                f"onnxruntime's CPU provider, that computes {opts.precision} in fp32 between ops "
+                                f"and hides overflow that a GPU shows. Search again with --realize emulate",
+                                s.force_output, (opts.output,), failing_log=False)
 
     try:
-        cli.run_session(strategy_name="precision", model=model, params=opts.params() | {"check": cli._check_argv},
+        return cli.run_session(strategy_name="precision", model=model, params=opts.params() | {"check": cli._check_argv},
                         s=s, check=check, setup=setup, finish=finish,
                         model_data_dir=opts.external_data_dir)
     except EndpointError as exc:
-        if realize == "true" and opts.precision != "int8" and cmp.provider == "cpu":
-            raise UserError(exc.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 model "
+        if not isinstance(exc, TrivialFails) and realize == "true" and opts.precision != "int8" and cmp.provider == "cpu":
+            raise type(exc)(exc.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 model "
                                               "hides overflow there: try --realize emulate") from None
         raise
 
@@ -170,7 +180,7 @@ def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) 
 
 
 # ---------------------------------------------------------------------------------------- report
-def report_precision(console, session, outcome, written, st, opts, check_argv, cmp) -> None:
+def report_precision(console, session, outcome, written, st, opts, check_argv, cmp, doubt=None) -> None:
     from bisector.artifacts.report import write_reports
     from bisector.commands.precision_sensitivity import error_table
     from bisector.commands.reduce_report import checks_line, reproduce_command
@@ -193,6 +203,10 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
           f"Keep **{len(keep)}** of {res['lowerable']} lowerable nodes in fp32 for {opts.precision} "
           f"({outcome.stats.checks} checks, {outcome.stats.cached} cached verdicts reused; {minimal}).", "",
           *table.markdown()]
+    if doubt:
+        md += ["", f"**Inconclusive:** the answer does not hold under bisector's {opts.precision} emulation: {doubt}. "
+                   f"A check that runs true {opts.precision} models on onnxruntime's CPU provider hides overflow; "
+                   f"search again with `--realize emulate`."]
     md += ["", f"- mixed-precision model (deploy; TensorRT 11 strongly typed): `{written['mixed']}`",
            f"- model as checked: `{written['checked']}`", f"- keep-set: `{written['keep_fp32']}`" + (
                "" if opts.precision == "int8" else  # compare realizes fp16/bf16 only; int8 is the QDQ model above
@@ -210,7 +224,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
 
     console.print(table.rich())
     console.print(f"{minimal}; {checks_line(outcome.stats)}", highlight=False)
-    console.print(f"[bold]mixed model:[/] {opts.output or written['mixed']}", highlight=False)
+    console.print(f"[bold]mixed model:[/] {written.get('output') or written['mixed']}", highlight=False)
     console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)
 
 

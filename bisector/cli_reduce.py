@@ -75,14 +75,21 @@ def reduce(
     def finish(session, outcome):
         from bisector.commands.reduce_report import report_reduce
 
-        written = red.write_result(outcome, state["materializer"], opts, session.result_dir)
+        conclusive = outcome.result["conclusive"]
+        written = red.write_result(outcome, state["materializer"], opts, session.result_dir,
+                                   publish=conclusive or s.force_output)
         if data.save_inputs:
             from bisector.data import save_inputs
 
             m = state["materializer"]
             save_inputs(m.feeds(list(m.cutter.index.graph_inputs)), data.save_inputs)
         report_reduce(cli.console, session, outcome, written, opts, cli._check_argv, cmp)
+        if not conclusive:
+            return cli.inconclusive(session, "no candidate passed the check, not even the model without the "
+                                    "answer: the check may fail whatever it is given", s.force_output,
+                                    (opts.output, opts.min_good))
+        return 0
 
-    cli.run_session(strategy_name="reduce", model=model, params=opts.params() | {"check": cli._check_argv},
+    return cli.run_session(strategy_name="reduce", model=model, params=opts.params() | {"check": cli._check_argv},
                     s=s, check=check, setup=setup, finish=finish,
                     model_data_dir=opts.external_data_dir)

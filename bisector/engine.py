@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bisector.artifacts.journal import Entry
+from bisector.artifacts.report import first_failure
 from bisector.artifacts.session import Session
 from bisector.checks.base import Artifact, Check, CheckResult, Verdict
-from bisector.errors import SessionAborted, UserError
+from bisector.errors import Inconclusive, SessionAborted, UserError
 from bisector.strategies.base import Ask, Candidate, Strategy
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class Materializer(Protocol):
 
 class EndpointError(UserError):
     """The endpoints do not bracket a failure (the full subject passes, or the trivial one fails)."""
+
+
+class TrivialFails(EndpointError, Inconclusive):
+    """The trivial candidate, which must pass, fails: the check may be broken (exit EXIT_INCONCLUSIVE)."""
 
 
 @dataclass
@@ -259,9 +264,10 @@ class Engine:
             v = self.resolve(Ask(must_pass, tuple(ahead)))
             if v != Verdict.GOOD:
                 what = "fails" if v == Verdict.BAD else "was skipped by"
-                raise EndpointError(
+                raise TrivialFails(
                     f"the trivial candidate ({must_pass.label}) also {what} the check, so the failure "
-                    f"does not come from what this search changes",
+                    f"does not come from what this search changes; first failing check: "
+                    f"{first_failure(self.session)}",
                     hint="check the check: does it fail for another reason (a missing file, a crash)? "
                          "a flaky check needs --repeat 3 --vote majority")
 

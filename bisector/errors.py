@@ -10,6 +10,8 @@ from __future__ import annotations
 EXIT_GOOD = 0
 EXIT_BAD = 1
 EXIT_USAGE = 2
+EXIT_STOPPED = 3  # the session stopped before the end (Ctrl-C, q at the prompt); it can be resumed
+EXIT_INCONCLUSIVE = 4  # the search ended, but its answer cannot be trusted (no candidate passed the check, ...)
 
 
 class UserError(Exception):
@@ -25,6 +27,11 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class Inconclusive(UserError):
+    """The search cannot give an answer it can vouch for (the check failed even the candidate that
+    must pass). Printed as one line like a UserError, but exits ``EXIT_INCONCLUSIVE``."""
 
 
 class MissingDependency(UserError):

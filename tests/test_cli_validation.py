@@ -199,16 +199,41 @@ def test_typer_usage_errors_are_one_line(capsys, argv, message):
     assert "Usage:" not in out
 
 
-def test_a_check_that_fails_everything_gets_its_answer_questioned(tmp_path, capsys):
+def test_a_check_that_fails_everything_is_inconclusive_and_writes_no_answer(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nprint('loading the candidate')\nsys.exit('no module named onnx2')\n")
     code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--session",
-                    str(tmp_path / "s"), "-q", "--check", "false")
-    assert code == 0
-    assert "warning: none of the 5 candidates passed the check" in " ".join(out.split())
-    assert "**Warning:** none of the 5 candidates passed" in (tmp_path / "s" / "result" / "report.md").read_text()
+                    str(tmp_path / "s"), "-q", "--check", sys.executable, str(broken), "polygraphy_debug.onnx")
+    flat = " ".join(out.split())
+    assert code == 4, out
+    assert not (tmp_path / "r.onnx").exists() and "not written:" in flat
+    assert "first failing check:" in flat and "check.log: no module named onnx2" in flat
+    report = json.loads((tmp_path / "s" / "result" / "report.json").read_text())
+    assert report["conclusive"] is False
+    assert [r["phase"] for r in report["iterations"]][-1] == "control"
+    assert "**Inconclusive:**" in (tmp_path / "s" / "result" / "report.md").read_text()
+    # --force-output writes it all the same, and still exits 4
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r3.onnx"), "--session",
+                    str(tmp_path / "s3"), "-q", "--force-output", "--check", "false")
+    assert code == 4 and (tmp_path / "r3.onnx").exists()
+
+
+def test_a_culprit_at_the_first_node_is_confirmed_by_the_control_check(tmp_path, capsys):
+    """Every candidate holds the first node, so none passes: the control (everything but the answer)
+    passes and the answer stands."""
+    code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r.onnx"), "--session",
+                    str(tmp_path / "s"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault",
+                    "scale:matmul1", "--load-inputs", "inputs.json")
+    assert code == 0, out
+    report = json.loads((tmp_path / "s" / "result" / "report.json").read_text())
+    assert report["conclusive"] is True and report["result"]["node_names"] == ["matmul1"]
+    assert (tmp_path / "r.onnx").exists() and "inconclusive" not in out
     code, out = run(capsys, "reduce", str(fixture_path("chain")), "-o", str(tmp_path / "r2.onnx"), "--session",
                     str(tmp_path / "s2"), "-q", "--check", *FAULTY, "polygraphy_debug.onnx", "--fault", "scale:relu4",
                     "--load-inputs", "inputs.json")
-    assert code == 0 and "none of the" not in out
+    assert code == 0 and "inconclusive" not in out
+    report = json.loads((tmp_path / "s2" / "result" / "report.json").read_text())
+    assert "control" not in {r["phase"] for r in report["iterations"]}
 
 
 def test_the_answer_and_the_min_good_model_need_two_files(tmp_path, capsys):

@@ -21,11 +21,28 @@ def iteration_rows(session: Session) -> list[dict[str, Any]]:
     return rows
 
 
+def first_failure(session: Session) -> str:
+    """Where to look when a search cannot be trusted: the first failing check's log and its last
+    line (for a check without a log, its note), e.g. ``iterations/0001/check.log: ModuleNotFoundError:
+    No module named 'onnx2'``."""
+    for e in session.journal:
+        if e.source != "check" or e.verdict.value != "bad":
+            continue
+        ev = e.evidence or {}
+        log = session.root / "iterations" / f"{e.iteration:04d}" / "check.log" if e.iteration is not None else None
+        if log is not None and log.is_file():
+            lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            return f"{log}: {lines[-1][:300] if lines else '(empty log)'}"
+        return f"iteration {e.iteration}: {ev.get('note') or 'failed'} (exit code {ev.get('exit_code')})"
+    return "no check failed in this session"
+
+
 def write_reports(session: Session, *, strategy: str, stats, result: dict[str, Any], answer_md: str,
                   reproduce: list[str] | None, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     rows = iteration_rows(session)
     doc = {
         "strategy": strategy,
+        "conclusive": bool(result.get("conclusive", True)),
         "checks": stats.checks,  # the whole session's, every run (see engine.Stats)
         "checks_this_run": stats.run_checks,
         "cached": stats.cached,

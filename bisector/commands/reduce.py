@@ -121,21 +121,22 @@ def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStra
 
 
 def write_result(outcome: Outcome, materializer: ReduceMaterializer, opts: ReduceOptions,
-                 result_dir: Path) -> dict[str, Any]:
-    """reduced.onnx + its inputs (standalone), the min-good model, and the culprit table."""
+                 result_dir: Path, publish: bool = True) -> dict[str, Any]:
+    """reduced.onnx + its inputs (standalone), the min-good model, and the culprit table, in
+    ``result_dir``; and with ``publish`` (an answer that can be trusted) at ``-o``/``--min-good``."""
     res = outcome.result
     prepared = materializer.prepared
     sub = materializer.cutter.cut(res["nodes"])
     out = {"reduced": str(mio.save_standalone(sub.model, result_dir / "reduced.onnx", prepared.weights_dir))}
     out["reduced_inputs"] = str(save_inputs(materializer.feeds(sub.inputs), result_dir / "reduced_inputs.json"))
-    if opts.output:
+    if opts.output and publish:
         out["output"] = str(mio.save_standalone(sub.model, opts.output, prepared.weights_dir))
         save_inputs(materializer.feeds(sub.inputs), _inputs_beside(opts.output))
     if res.get("min_good") is not None:
         good = materializer.cutter.cut(res["min_good"])
         out["min_good"] = str(mio.save_standalone(good.model, result_dir / "min_good.onnx", prepared.weights_dir))
         out["min_good_inputs"] = str(save_inputs(materializer.feeds(good.inputs), result_dir / "min_good_inputs.json"))
-        if opts.min_good:
+        if opts.min_good and publish:
             mio.save_standalone(good.model, opts.min_good, prepared.weights_dir)
             save_inputs(materializer.feeds(good.inputs), _inputs_beside(opts.min_good))
     idx = materializer.cutter.index

@@ -9,9 +9,8 @@ import shlex
 from bisector.artifacts.report import write_reports
 from bisector.tables import NodeTable
 
-PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof")
+PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof", "control")
 LABEL_SIZE = re.compile(r"\b(\d+) nodes?: ")
-MIN_VERDICTS_FOR_WARNING = 4  # fewer, and "every candidate failed" can be an honest short search
 
 
 def phase_table(session, original: int) -> list[dict]:
@@ -104,16 +103,10 @@ def checks_line(stats) -> str:
     return f"checks: {stats.checks} in the session{this_run}{cached}; {stats.elapsed:.1f} s"
 
 
-def never_passed(session) -> str:
-    """A warning if no candidate ever passed: a check that fails whatever it is given (it cannot
-    load the candidate, names the wrong file, lacks an input) drives the search to its first node
-    with every verdict "bad", and the answer then says nothing about the model."""
-    verdicts = [e.verdict.value for e in session.journal]
-    if len(verdicts) < MIN_VERDICTS_FOR_WARNING or "good" in verdicts:
-        return ""
-    return (f"none of the {len(verdicts)} candidates passed the check. If the check fails for a reason other "
-            f"than the fault (a missing file, the wrong model or inputs), this answer means nothing: read a "
-            f"failing iteration's check.log under {session.root / 'iterations'}")
+INCONCLUSIVE_MD = ("**Inconclusive:** no candidate passed the check, not even the model without this answer. "
+                   "A check that fails whatever it is given (it cannot load the candidate, names the wrong file, "
+                   "lacks an input, times out) drives the search to its first node, so this answer may mean "
+                   "nothing. The first failing check: ")
 
 
 def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> None:
@@ -128,9 +121,10 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
     md = ["## Answer", "",
           f"{res['original_nodes']} nodes reduced to **{len(culprits)}** in {outcome.stats.checks} checks "
           f"({outcome.stats.cached} cached verdicts reused).", "", *table.markdown()]
-    suspicious = never_passed(session)
-    if suspicious:
-        md += ["", f"**Warning:** {suspicious}"]
+    if not res["conclusive"]:
+        from bisector.artifacts.report import first_failure
+
+        md += ["", INCONCLUSIVE_MD + f"`{first_failure(session)}`."]
     md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
     if written.get("min_good"):
         md.append(f"- min-good model: `{written['min_good']}` (inputs: `{written['min_good_inputs']}`)")
@@ -142,12 +136,10 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
                   answer_md="\n".join(md), reproduce=repro)
 
     console.print(table.rich())
-    if suspicious:
-        console.print(f"[yellow]warning:[/] {suspicious}", highlight=False, soft_wrap=True)
     console.print("phases: " + ", ".join(f"{p['phase']} {count(p['checks'], 'check')} -> "
                                          f"{count(p['size_after'], 'node')}" for p in phases), highlight=False)
     console.print(checks_line(outcome.stats), highlight=False)
-    if opts.output:
-        console.print(f"[bold]reduced model:[/] {opts.output}", highlight=False)
+    if written.get("output"):
+        console.print(f"[bold]reduced model:[/] {written['output']}", highlight=False)
     if repro:
         console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)

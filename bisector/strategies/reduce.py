@@ -136,7 +136,18 @@ class ReduceStrategy(Strategy):
         else:
             result = yield from self._polygraphy()
         proof = (yield from self._verify(result)) if self.verify_minimal else None
+        if not self.good:
+            yield from self._control(result)
         return self._result(result, proof)
+
+    def _control(self, result: list[int]) -> Search:
+        """No candidate has passed: either every one held the culprit (it is the first node), or the
+        check fails whatever it gets (it cannot load the candidate, names the wrong file, times out).
+        One check of everything but the answer tells them apart: it must pass for the answer to mean
+        anything. The result's ``conclusive`` says whether some candidate passed."""
+        rest = [i for i in range(self.n) if i not in set(result)]
+        if rest:
+            yield from self.check(self.cand(rest, "control", f"without the answer, {self.span(rest)}"))
 
     def _auto(self) -> Search:
         n = self.n
@@ -246,4 +257,5 @@ class ReduceStrategy(Strategy):
             "one_minimal": None if proof is None else all(p["verdict"] == "good" for p in proof),
             "checks_per_phase": dict(self.progress.phases),
             "original_nodes": self.n,
+            "conclusive": bool(self.good),
         }
