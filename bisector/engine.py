@@ -29,6 +29,7 @@ from bisector.artifacts.journal import Entry
 from bisector.artifacts.report import first_failure
 from bisector.artifacts.session import Session
 from bisector.checks.base import Artifact, Check, CheckResult, Verdict
+from bisector.checks.process_group import kill_leftovers
 from bisector.errors import Inconclusive, SessionAborted, UserError
 from bisector.strategies.base import Ask, Candidate, Strategy
 
@@ -163,6 +164,7 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> Outcome:
+        kill_leftovers(self.session.root)  # the checks of a killed run on this session, still running
         old_handler = None
         if threading.current_thread() is threading.main_thread():
             old_handler = signal.signal(signal.SIGINT, self._on_sigint)

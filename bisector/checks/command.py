@@ -3,7 +3,8 @@
 Verdict rules are Polygraphy's ``--check`` rules (``--fail-code``, ``--ignore-fail-code``,
 ``--fail-regex``; see ``verdict_rules.decide``) plus git bisect's exit 125 = skip, so a pasted
 ``polygraphy debug ... --check <cmd>`` command line gives the same verdicts here. The command's
-process group is started and ended by ``process_group``.
+process group is started and ended by ``process_group``, which also records it in the iteration
+directory while it runs (``check.pgid``), so that a run after bisector was killed ends it.
 
 Example::
 
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 from bisector.checks.base import Artifact, CheckResult, Verdict
-from bisector.checks.process_group import die_with_parent, kill_group, signal_group
+from bisector.checks.process_group import (adopt_orphans, die_with_parent, kill_group, remove_record, signal_group,
+                                            write_record)
 from bisector.checks.verdict_rules import SKIP_EXIT_CODE, VerdictRules, decide
 from bisector.errors import SessionAborted, UserError
 
@@ -74,7 +76,9 @@ class CommandCheck:
       ``output_tail_chars`` characters. stdin is /dev/null. The command runs in its own process
       group (session); whatever of that group outlives the command is killed. On Linux the
       command also gets SIGKILL if bisector dies (``kill -9``): see
-      ``process_group.die_with_parent``.
+      ``process_group.die_with_parent``; what it started is ended by the next run on the session
+      (``process_group.kill_leftovers``, through ``check.pgid`` in the workdir while it runs).
+      This process becomes the subreaper of the commands (``process_group.adopt_orphans``).
     - Killed by a signal -> ``on_crash``; over ``timeout_s`` -> the group gets SIGTERM, then
       SIGKILL after ``process_group.KILL_GRACE_S``, then ``on_timeout``. Both take ``"bad"``
       (default), ``"skip"`` or ``"abort"`` (raise ``SessionAborted``).
@@ -168,6 +172,7 @@ class CommandCheck:
             proc = self._start(argv, env, workdir, log_file)
             try:
                 code, timed_out = self._wait(proc, start)
+                remove_record(workdir)  # the group is gone
             finally:
                 with self._lock:
                     self._running.discard(proc)
@@ -249,6 +254,7 @@ class CommandCheck:
     # -- private --------------------------------------------------------------------------------
 
     def _start(self, argv: list[str], env: dict[str, str], cwd: Path, log_file) -> subprocess.Popen:
+        adopt_orphans()
         try:
             proc = subprocess.Popen(
                 argv,
@@ -266,6 +272,7 @@ class CommandCheck:
             raise UserError(f"check command {argv[0]!r} is not executable") from None
         except OSError as exc:  # e.g. ENOEXEC: a script without a #! line
             raise UserError(f"check command {argv[0]!r} cannot be run: {exc.strerror}") from None
+        write_record(cwd, proc.pid)
         with self._lock:
             self._running.add(proc)
             self._cwd[proc] = Path(cwd)
