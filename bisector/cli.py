@@ -279,6 +279,12 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
                         f"file", hint="give a relative name: it is written in each iteration directory")
     check_writable(s.events)
     model_meta = _session_model(model, model_data_dir) if model is not None else None
+    if model is not None:
+        private_like(model)
+    if s.session is not None and Path(s.session).is_dir():  # before anything else holds a GPU
+        from bisector.checks.process_group import kill_leftovers
+
+        kill_leftovers(Path(s.session).absolute())
     session = Session.open(s.session, command=command_line(), strategy=strategy_name, params=params,
                            model=model_meta)
     checked = sum(1 for e in session.journal if e.source == "check")
@@ -314,11 +320,22 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
         code = finish(session, outcome) or 0
         console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
                       highlight=False)
-    finally:  # the user's weight files, hard-linked into the session, break onnx.load of their model
-        from bisector.model.io import release_borrowed
-
-        release_borrowed(session.root)
+    finally:
+        session.close()
     return code
+
+
+def private_like(model: Path) -> None:
+    """Nothing bisector writes from ``model`` (weights, recorded activations, answers, what checks
+    write) may be more readable than the model is: the process's umask takes away every permission
+    the model's owner did not give (a 0600 model gives 0600 files and 0700 directories)."""
+    try:
+        mode = os.stat(model).st_mode & 0o777
+    except OSError:
+        return
+    allowed = mode | ((mode & 0o444) >> 2)  # directories: x wherever r is given
+    current = os.umask(0)
+    os.umask(current | (0o777 & ~allowed))
 
 
 def inconclusive(session, why: str, force_output: bool, outputs, *, failing_log: bool = True) -> int:

@@ -96,7 +96,8 @@ def test_a_session_that_stopped_in_its_set_up_runs_again_with_the_corrected_comm
     # Neither is a directory holding anything bisector did not write.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me\n")
-    (tmp_path / "mine" / "session.json").write_text(json.dumps({"strategy": "precision"}))
+    (tmp_path / "mine" / "session.json").write_text(json.dumps({"strategy": "precision", "command": ["bisector"],
+                                                                "params": {}, "model": None}))
     code, out = run(capsys, *head[:4], "--session", str(tmp_path / "mine"), *check)
     assert code == 2 and "holds a different session" in out and (tmp_path / "mine" / "notes.txt").exists()
     # Nor a --session directory that existed before: its inputs.json may be the user's.

@@ -72,6 +72,26 @@ def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, st
     return command, cwd, verdicts
 
 
+def log_is_foreign(logfile: Path) -> str | None:
+    """Why a verdict log may not be this user's own (see ``session.foreign``), or None: a log is
+    trusted only when the session it names was made by this user on this machine and still holds
+    the very command the log would run."""
+    from bisector.artifacts.session import foreign
+
+    command, _, _ = parse_log(logfile)
+    named = next((line.split(":", 1)[1].strip() for line in Path(logfile).read_text(errors="replace").splitlines()
+                  if line.startswith("# session:")), None)
+    if not named or not (Path(named) / "session.json").is_file():
+        return "the session it comes from is not on this machine"
+    try:
+        meta = load_meta(Path(named))
+    except UserError:
+        return "the session it comes from is damaged"
+    if meta.get("command") != command:
+        return f"its command is not the one session {named} ran"
+    return foreign(Path(named), meta)
+
+
 def seed_session(logfile: Path, session: Path | None, output: Path | None = None) -> tuple[list[str], list[str]]:
     """Create a session whose journal holds the log's verdicts; return the argv that continues it
     (its answer goes to the new session's ``result/``, or to ``output``) and what was redirected."""
@@ -155,6 +175,9 @@ OUTPUT_FLAGS = (("-o", "--output"), ("--min-good", "--minimal-good"), ("--save-i
                 ("--log-file",), ("--art-dir", "--artifacts-dir"))
 
 
+ITER_INFO_FLAGS = ("--iter-info", "--iteration-info")
+
+
 def redirect_outputs(argv: list[str], root: Path, output: Path | None) -> tuple[list[str], list[str]]:
     """A replayed session writes its answer and its other files into its own ``result/`` (the answer
     to ``output`` if given), never over or onto the files the original command wrote: returns the
@@ -174,6 +197,11 @@ def redirect_outputs(argv: list[str], root: Path, output: Path | None) -> tuple[
         taken.add(new)
         argv = set_flag(argv, names, new)
         said.append(f"{names[-1]}: {new}" + (f" (the original command wrote {old})" if old and old != new else ""))
+    info = get_flag(argv, ITER_INFO_FLAGS)
+    if info is not None and Path(info).is_absolute():  # relative: written in each iteration directory
+        argv = set_flag(argv, ITER_INFO_FLAGS, Path(info).name)
+        said.append(f"{ITER_INFO_FLAGS[0]}: {Path(info).name} in each iteration directory (the original command "
+                    f"wrote {info})")
     return argv, said
 
 

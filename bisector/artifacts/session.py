@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,13 @@ from bisector.artifacts.journal import JOURNAL_NAME, Journal
 from bisector.errors import UserError
 
 SESSION_FORMAT = 1
+LOCK_NAME = "lock"  # flock'd by the one process that runs the session; holds its pid
 # Less free space than this on the session's disk after a check, and its verdict is not trusted: on a
 # full disk the check's own writes (its log, its outputs) fail, and it fails for that reason.
 DISK_FULL_BYTES = 64 << 10
 # Everything a session writes in its directory (the commands' set-up writes the last ones): a
 # session with no verdict and nothing else there may be emptied and started again.
-SESSION_ENTRIES = frozenset({"session.json", "session.json.tmp", JOURNAL_NAME, "iterations", "result", "good",
+SESSION_ENTRIES = frozenset({LOCK_NAME, "session.json", "session.json.tmp", JOURNAL_NAME, "iterations", "result", "good",
                              "bad", "weights", "activations", "activations.partial", "reference", "int8", "trt",
                              "inputs.json", "sensitivity.json"})
 
@@ -59,12 +61,32 @@ def _versions() -> dict[str, str]:
 
 
 class Session:
-    """Open or create a session directory. ``meta`` is ``session.json``'s content."""
+    """Open or create a session directory. ``meta`` is ``session.json``'s content.
 
-    def __init__(self, root: Path, meta: dict[str, Any]):
+    One process at a time runs a session: ``open`` takes an exclusive ``flock`` on ``SESSION/lock``
+    and holds it until ``close()`` (or the process's end, even by kill -9); a second process gets
+    a one-line error naming the holder's pid."""
+
+    def __init__(self, root: Path, meta: dict[str, Any], lock=None):
         self.root = Path(root)
         self.meta = meta
+        self._lock = lock
         self.journal = Journal(self.root / JOURNAL_NAME)
+        conflicts = self.journal.conflicts()
+        if conflicts:
+            a, b = conflicts[0]
+            self.close()
+            raise UserError(f"{self.root / JOURNAL_NAME} gives candidate {a.fingerprint[:12]} ({a.label}) two verdicts: "
+                            f"{a.verdict.value} at iteration {a.iteration}, {b.verdict.value} at iteration "
+                            f"{b.iteration} ({len(conflicts)} conflict(s)); two processes ran the session at once",
+                            hint=f"bisector log {self.root} > log.txt, keep one verdict per candidate, then "
+                                 f"bisector replay log.txt --session NEW_DIR")
+
+    def close(self) -> None:
+        """Let another process run the session."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- creation and resume ----------------------------------------------------------------
     @classmethod
@@ -76,28 +98,37 @@ class Session:
         root = Path(root).absolute() if root else default_dir()  # checks run elsewhere: paths must hold there
         _opened = root
         meta_path = root / "session.json"
-        if meta_path.exists():
-            meta = load_meta(root)
-            diff = _difference(meta, strategy, params, model)
-            if diff and not _start_over(root, meta):
-                raise UserError(f"{root} holds a different session: {diff}",
-                                hint="use a new --session directory, or the original command")
-            if not diff:
-                return cls(root, meta)
-            own_dir = True  # _start_over empties only a directory bisector made
-        else:
-            own_dir = not root.exists()
-        meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
-                "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
-                "versions": _versions(), "own_dir": own_dir}
+        own_dir = not root.exists()
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "iterations").mkdir(exist_ok=True)
-            _write_json_atomic(meta_path, meta)
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)  # weights, activations: as private as can be
         except OSError as exc:
             raise UserError(f"cannot create session directory {root}: {exc.strerror or exc}",
                             hint="pass --session DIR somewhere writable") from None
-        return cls(root, meta)
+        lock = take_lock(root)
+        try:
+            if meta_path.exists():
+                meta = load_meta(root)
+                diff = _difference(meta, strategy, params, model)
+                if diff and not _start_over(root, meta):
+                    raise UserError(f"{root} holds a different session: {diff}",
+                                    hint="use a new --session directory, or the original command")
+                if not diff:
+                    return cls(root, meta, lock)
+                own_dir = True  # _start_over empties only a directory bisector made
+            meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
+                    "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
+                    "host": socket.gethostname(), "uid": _uid(), "versions": _versions(), "own_dir": own_dir}
+            try:
+                (root / "iterations").mkdir(exist_ok=True)
+                _write_json_atomic(meta_path, meta)
+            except OSError as exc:
+                raise UserError(f"cannot create session directory {root}: {exc.strerror or exc}",
+                                hint="pass --session DIR somewhere writable") from None
+            return cls(root, meta, lock)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
 
     @property
     def resumed(self) -> bool:
@@ -143,9 +174,10 @@ class Session:
         moved = []
         if verdict not in ("good", "bad"):
             return moved
+        inside = Path(workdir).resolve()
         for name in names:
             src = Path(name) if Path(name).is_absolute() else workdir / name
-            if not src.exists():
+            if not src.exists() or not src.resolve().is_relative_to(inside):  # only what the check wrote there
                 continue
             dest_dir = Path(art_dir or self.root) / verdict
             dest_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +185,55 @@ class Session:
             shutil.move(str(src), dest)
             moved.append(dest)
         return moved
+
+
+def take_lock(root: Path):
+    """The session's exclusive lock (an open file holding our pid), or ``UserError`` naming the
+    pid of the process that holds it. None where ``flock`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        return None
+    try:
+        f = open(root / LOCK_NAME, "a+")
+    except OSError as exc:
+        raise UserError(f"cannot open {root / LOCK_NAME}: {exc.strerror or exc}",
+                        hint="pass --session DIR somewhere writable") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(f"{root} is in use by another bisector process (pid {holder})",
+                        hint="wait for it to end, or stop it; two runs at once would corrupt the session") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def foreign(root: Path, meta: dict[str, Any]) -> str | None:
+    """Why the session at ``root`` may not be this user's own (made by another user or on another
+    machine, e.g. a session shared in a bug report), or None: its stored command must then be
+    shown and confirmed before it runs."""
+    host, uid = socket.gethostname(), _uid()
+    if "host" not in meta or "uid" not in meta:
+        return "it does not say who made it"
+    if meta["host"] != host:
+        return f"it was made on {meta['host']}, not here ({host})"
+    try:
+        owner = (Path(root) / "session.json").stat().st_uid
+    except OSError:
+        owner = uid
+    if uid is not None and (meta["uid"] != uid or owner != uid):
+        return f"it was made by user {meta['uid']}, not by you ({uid})"
+    return None
 
 
 def _start_over(root: Path, meta: dict[str, Any]) -> bool:
@@ -166,6 +247,8 @@ def _start_over(root: Path, meta: dict[str, Any]) -> bool:
     if any(p.name not in SESSION_ENTRIES for p in root.iterdir()):
         return False
     for p in root.iterdir():
+        if p.name == LOCK_NAME:  # ours, held
+            continue
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return True
 
@@ -175,9 +258,26 @@ def load_meta(root: Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{root} is not a bisector session (no session.json)")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(errors="replace"))
     except ValueError as exc:
         raise UserError(f"{path} is damaged: {exc}") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{path} is damaged: {problem}", hint="start a new session") from None
+    return meta
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a ``session.json`` (hand-edited, truncated, from elsewhere), or None."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    command = meta.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        return f"'command' is {command!r}, not a command line"[:200]
+    for key, types in (("strategy", str), ("params", dict), ("model", (dict, type(None))), ("cwd", (str, type(None)))):
+        if not isinstance(meta.get(key), types):
+            return f"{key!r} is {meta.get(key)!r}"[:200]
+    return None
 
 
 def _difference(meta: dict, strategy: str, params: dict, model: dict | None) -> str:
