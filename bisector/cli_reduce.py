@@ -65,6 +65,11 @@ def reduce(
         cli.console.print(f"model: {model} ({strategy.n} nodes after preparation), "
                       f"{materializer.store.samples} input sample(s), cut tensors fed {opts.cut_feed} values",
                       highlight=False)
+        store = materializer.store
+        if store.given and opts.cut_feed != "random":
+            cli.console.print(f"note: {len(store.given)} cut tensors are fed the values the loaded data gives, not "
+                              f"recorded ones; {len(store.recorded) or 'nothing'} recorded", style="dim",
+                              highlight=False)
         if opts.write_inputs and not materializer.embed and materializer.linked_bytes:
             cli.console.print(f"note: candidates link the session's weight file "
                           f"({materializer.linked_bytes / 2**20:.0f} MiB) instead of copying it; onnx.load refuses "

@@ -84,6 +84,8 @@ class ActivationStore:
         self.dtypes: dict[str, str] = index["dtypes"]
         self.shapes: dict[str, list[int]] = index["shapes"]
         self.files = self.dtypes  # every recorded tensor, in recording order
+        self.given: list[str] = index.get("given", [])  # stored as loaded, not recorded (every sample)
+        self.recorded: list[str] | None = index.get("recorded")  # computed here (None: an older index)
         self._maps: dict[str, np.memmap] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -131,15 +133,23 @@ class _Packer:
                 self.dtypes[name] = value.dtype.str
                 self.shapes[name] = list(value.shape)
 
-    def index(self) -> dict:
+    def index(self, **extra) -> dict:
         return {"samples": len(self.locations), "locations": self.locations,
-                "dtypes": self.dtypes, "shapes": self.shapes}
+                "dtypes": self.dtypes, "shapes": self.shapes, **extra}
 
 
 def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples: list[dict[str, np.ndarray]],
                        root: Path, runtime: OnnxRuntime | None = None,
-                       budget_bytes: int = DEFAULT_BUDGET_BYTES) -> ActivationStore:
+                       budget_bytes: int = DEFAULT_BUDGET_BYTES,
+                       given: list[dict[str, np.ndarray]] | None = None) -> ActivationStore:
     """Run ``model`` on every sample and store every tensor (inputs included) under ``root``.
+
+    ``given`` (one dict per sample) holds values of tensors the model computes that were loaded
+    rather than computed (Polygraphy's layerwise inputs). They are stored as they are, in place of
+    what the model computes: a cut tensor is fed the value the user gave, as Polygraphy feeds it.
+    Only the tensors missing from some sample's ``given`` are recorded, and those samples keep their
+    given values; when none is missing, onnxruntime is not run at all. Names that the model does
+    not compute are ignored.
 
     Re-uses a complete earlier recording in ``root`` (a resumed session records nothing again).
     """
@@ -148,14 +158,15 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
         if "locations" in json.loads((root / "index.json").read_text()):
             return ActivationStore(root)
         shutil.rmtree(root)  # one file per tensor, from bisector 0.1: record again, packed
-    runtime = runtime or OnnxRuntime("cpu")
     names = intermediate_tensors(model)
-    shapes = infer_shapes(model)
+    given = given or [{} for _ in samples]
+    missing = [n for n in names if not all(n in g for g in given)]
+    shapes = infer_shapes(model) if missing else {}
     sizes = {}
-    for n in names:
+    for n in missing:
         if n in shapes and all(d >= 0 for d in shapes[n][1]):
             sizes[n] = int(np.prod(shapes[n][1], dtype=np.int64)) * shapes[n][0].itemsize
-    chunks = _chunks(names, sizes, budget_bytes)
+    chunks = _chunks(missing, sizes, budget_bytes)
     tmp = root.with_name(root.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -163,13 +174,16 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
     packer = _Packer(tmp, len(samples))
     for s, sample in enumerate(samples):
         packer.write(f"inputs_{s}.bin", s, ((n, np.asarray(a)) for n, a in sample.items()))
+        if any(n in given[s] for n in names):
+            packer.write(f"given_{s}.bin", s, ((n, np.asarray(given[s][n])) for n in names if n in given[s]))
+    runtime = runtime or (OnnxRuntime("cpu") if chunks else None)
     for ci, chunk in enumerate(chunks):
         m = _with_outputs(model, chunk)
         path = mio.save(m, tmp / f"record_{ci}.onnx", weights_from=weights_dir)
         sess = runtime.session(path)
         out_names = [o.name for o in sess.get_outputs()]
-        wanted = set(chunk)
         for s, sample in enumerate(samples):
+            wanted = set(chunk) - set(given[s])
             try:
                 values = sess.run(out_names, dict(sample))
             except Exception as exc:
@@ -177,7 +191,8 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
             packer.write(f"chunk{ci}_{s}.bin", s, ((n, v) for n, v in zip(out_names, values) if n in wanted))
         del sess
         path.unlink()
-    (tmp / "index.json").write_text(json.dumps(packer.index()))
+    (tmp / "index.json").write_text(json.dumps(packer.index(given=[n for n in names if n not in missing],
+                                                            recorded=missing)))
     for p in tmp.glob("*.data"):
         p.unlink()
     for p in tmp.iterdir():

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import logging
 import runpy
 import sys
 from collections.abc import Mapping
@@ -24,12 +25,14 @@ from bisector.data import generate_inputs, load_inputs
 from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.prepare import Prepared, default_specs, prepare
-from bisector.model.shapes import shapes_from_samples
+from bisector.model.shapes import infer_shapes, shapes_from_samples
 
 DEFAULT_ARTIFACT = "polygraphy_debug.onnx"  # Polygraphy's name: its users' checks already say it
 INPUTS_NAME = "inputs.json"  # beside the artifact; {inputs} and $BISECTOR_INPUTS name it
 WEIGHT_MODES = ("auto", "link", "embed")
 DATA_LOADER_FUNCTION = "load_data"  # what --data-loader-script calls unless told (Polygraphy's default)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,11 +61,13 @@ class CandidateOptions:
                 "iter_artifact": self.iter_artifact, "weights": self.weights}
 
 
-def prepare_candidates(opts: CandidateOptions, root: Path) -> tuple[Prepared, list[dict[str, np.ndarray]]]:
+def prepare_candidates(opts: CandidateOptions, root: Path,
+                       keep_tensors: bool = False) -> tuple[Prepared, list[dict[str, np.ndarray]]]:
     """The prepared model (weights in ``root/weights``) and the samples every candidate runs on.
 
     Loaded samples are read once: their first sample freezes the input shapes unless
     ``--input-shapes`` does, and all of them are checked against the model (:func:`model_samples`).
+    With ``keep_tensors`` (reduce) the samples keep the loaded values of non-input tensors.
     """
     loaded = loaded_samples(opts.load_inputs, opts.data_loader_script)
     source = sample_source(opts.data_loader_script)
@@ -72,7 +77,8 @@ def prepare_candidates(opts: CandidateOptions, root: Path) -> tuple[Prepared, li
         shapes, shapes_source = shapes_from_samples(loaded[:1]), source
     prepared = prepare(opts.model, shapes=shapes, shapes_source=shapes_source, data_dir=opts.external_data_dir,
                        weights_dir=Path(root) / "weights")
-    return prepared, model_samples(prepared.model, loaded, source, opts.samples, opts.seed, opts.val_range)
+    return prepared, model_samples(prepared.model, loaded, source, opts.samples, opts.seed, opts.val_range,
+                                   files=opts.load_inputs, keep_tensors=keep_tensors, unfolded=opts.model)
 
 
 def sample_source(script: str | None) -> str:
@@ -100,23 +106,86 @@ def loaded_samples(load: list[Path] | None, script: str | None) -> list[dict[str
 
 
 def model_samples(model: onnx.ModelProto, loaded: list[dict[str, np.ndarray]] | None, source: str = "--load-inputs",
-                  samples: int = 1, seed: int = 1, val_range=None) -> list[dict[str, np.ndarray]]:
-    """The ``loaded`` samples (from :func:`loaded_samples`; ``source`` is their flag), checked
-    against the model's inputs (names and dtypes), or, if None, ``samples`` generated ones
-    (``--seed``, ``--val-range``)."""
+                  samples: int = 1, seed: int = 1, val_range=None, *, files: list[Path] | None = None,
+                  keep_tensors: bool = False, unfolded: Path | None = None) -> list[dict[str, np.ndarray]]:
+    """The ``loaded`` samples (from :func:`loaded_samples`; ``source`` is their flag, ``files`` the
+    ``--load-inputs`` paths), checked against the model's inputs (every input in every sample, with
+    its dtype), or, if None, ``samples`` generated ones (``--seed``, ``--val-range``).
+
+    Loaded samples may also give values of tensors that nodes compute: Polygraphy's layerwise
+    inputs (``polygraphy run --onnx-outputs mark all --save-inputs in.json --save-outputs out.json``,
+    then ``polygraphy data merge in.json out.json -o layerwise_inputs.json``). With ``keep_tensors``
+    (reduce feeds them to cut tensors) they stay, checked against the dtype and the shape that
+    shape inference gives where it knows them; otherwise they are dropped with one warning. A name
+    that is neither an input nor a tensor of the model is a UserError naming the file. ``unfolded``
+    is the model file before constant folding, read (without weights) only to tell a tensor that
+    folding removed (its value is dropped) from a name the model never had.
+    """
     specs = default_specs(model)
     if loaded is None:
         return generate_inputs(specs, samples=samples, seed=seed, val_range=val_range)
-    for s in loaded:
-        unknown = set(s) - set(specs)
-        if unknown:
-            raise UserError(f"{source} has data for {', '.join(sorted(unknown))}, which the model has no input "
-                            f"named", hint=f"the model's inputs are {', '.join(sorted(specs)) or 'none'}")
-        for name, arr in s.items():
-            dtype = np.asarray(arr).dtype
+    computed = {o for n in model.graph.node for o in n.output if o}
+    others = sorted({name for s in loaded for name in s} - set(specs))
+    unknown = [n for n in others if n not in computed]
+    if unknown:
+        bad = sorted(set(unknown) - _folded_away(model, unfolded))
+        if bad:
+            path = _file_holding(bad[0], files)
+            raise UserError(f"{source} names {bad[0]!r}{f' ({path})' if path else ''}, which is neither an input "
+                            f"nor a tensor of the model" + (f" ({len(bad)} such names)" if len(bad) > 1 else ""),
+                            hint=f"the model's inputs are {', '.join(sorted(specs)) or 'none'}")
+        log.info("%s: %d value(s) of tensors that constant folding removed are not used", source, len(unknown))
+    for i, s in enumerate(loaded):
+        missing = [name for name in specs if name not in s]
+        if missing:
+            raise UserError(f"{source} gives no value for input {missing[0]!r} in sample {i}",
+                            hint=f"every sample needs the model's inputs: {', '.join(specs)}")
+        for name in specs:
+            dtype = np.asarray(s[name]).dtype
             if dtype != specs[name][0]:
                 raise UserError(f"{source} gives {name!r} as {dtype}, the model wants {specs[name][0]}")
-    return loaded
+    if not others:
+        return loaded
+    kept = set(specs) | (computed if keep_tensors else set())
+    if keep_tensors:
+        _check_tensor_values(model, loaded, computed & set(others), source)
+    elif computed & set(others):
+        named = sorted(computed & set(others))
+        log.warning("%s also gives values of %d non-input tensor(s) (%s%s); only the model's inputs are used",
+                    source, len(named), ", ".join(named[:3]), ", ..." if len(named) > 3 else "")
+    return [{k: v for k, v in s.items() if k in kept} for s in loaded]
+
+
+def _folded_away(model: onnx.ModelProto, unfolded: Path | None) -> set[str]:
+    """Names that constant folding turned into weights or removed: the prepared model's
+    initializers, and the tensors that nodes of the ``unfolded`` model file compute."""
+    names = {t.name for t in model.graph.initializer}
+    if unfolded is not None and Path(unfolded).is_file():
+        graph = onnx.load(str(unfolded), load_external_data=False).graph
+        names |= {o for n in graph.node for o in n.output if o}
+    return names
+
+
+def _file_holding(name: str, files: list[Path] | None) -> Path | None:
+    """The first of ``files`` with a sample that gives ``name`` (read again: error path only)."""
+    for path in files or []:
+        if any(name in s for s in load_inputs(path)):
+            return path
+    return None
+
+
+def _check_tensor_values(model: onnx.ModelProto, loaded, names: set[str], source: str) -> None:
+    """UserError if a loaded value of a computed tensor has another dtype or shape than shape
+    inference gives the model (unknown dimensions match anything)."""
+    inferred = infer_shapes(model)
+    for s in loaded:
+        for name in sorted(names & set(s) & set(inferred)):
+            value, (dtype, dims) = np.asarray(s[name]), inferred[name]
+            if value.dtype != dtype:
+                raise UserError(f"{source} gives {name!r} as {value.dtype}, the model computes {dtype}")
+            if len(dims) != value.ndim or any(d >= 0 and d != v for d, v in zip(dims, value.shape)):
+                shown = [d if d >= 0 else "?" for d in dims]
+                raise UserError(f"{source} gives {name!r} shape {list(value.shape)}, the model computes {shown}")
 
 
 @functools.lru_cache(maxsize=4)

@@ -131,7 +131,7 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
     if unknown:
         raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
-    data = model_samples(model, loaded, sample_source(script), samples, seed, val_range)
+    data = model_samples(model, loaded, sample_source(script), samples, seed, val_range, files=load)
     if reference_outputs is not None:
         reference_outputs = _fit_reference(reference_outputs, outputs, len(data))
     with tempfile.TemporaryDirectory(prefix="bisector-compare-") as tmp:

@@ -4,7 +4,9 @@ The materializer turns a node set into ``polygraphy_debug.onnx`` (weights linked
 plus ``inputs.json`` (Polygraphy format, one dict per sample, every graph input of the candidate).
 Cut tensors are fed with the values the full model produced for them (``recorded``), or with
 seeded random data (``random``), or with the first sample's value for every sample
-(``constant``, what Polygraphy does: NVIDIA/TensorRT#4607).
+(``constant``, what Polygraphy does: NVIDIA/TensorRT#4607). Values that ``--load-inputs`` gives for
+non-input tensors (Polygraphy's layerwise inputs) take the place of recorded ones: candidates are
+fed the file's values, as Polygraphy feeds them, and only the tensors the file lacks are recorded.
 """
 
 from __future__ import annotations
@@ -108,9 +110,13 @@ def _random_like(value: np.ndarray, name: str, sample: int, seed: int) -> np.nda
 
 def setup(opts: ReduceOptions, session_root: Path) -> tuple[Prepared, ReduceStrategy, ReduceMaterializer]:
     """Everything before the search; cheap on resume (the recording is reused)."""
-    prepared, samples = prepare_candidates(opts, session_root)
-    store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations")
+    prepared, loaded = prepare_candidates(opts, session_root, keep_tensors=True)
     index = GraphIndex(prepared.model)
+    inputs = set(index.graph_inputs)
+    samples = [{k: v for k, v in s.items() if k in inputs} for s in loaded]
+    given = [{k: v for k, v in s.items() if k not in inputs} for s in loaded]
+    store = record_activations(prepared.model, prepared.weights_dir, samples, session_root / "activations",
+                               given=given)
     if len(index) == 0:
         raise UserError(f"{opts.model}: the model has no nodes to reduce")
     preds = [frozenset(index.producer[t] for t in ins if t in index.producer) for ins in index.inputs]

@@ -99,10 +99,16 @@ def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]],
     Raises ``UserError`` for a name that is not a graph input, a rank that does not match, or a
     dynamic input left without a shape (naming the flag to use). ``source`` is the flag the shapes
     came from: shapes of loaded data (``--load-inputs``) must also match the model's fixed
-    dimensions, which ``--input-shapes`` may override (with a warning, as in Polygraphy).
+    dimensions, which ``--input-shapes`` may override (with a warning, as in Polygraphy). Loaded
+    data may also hold values of other tensors (Polygraphy's layerwise inputs): those names are
+    skipped here, and the caller checks them against the model it feeds
+    (``commands.candidates.model_samples``, which can name the file).
     """
     dims = input_dims(model)
+    from_data = source != "--input-shapes"
     for name, new in shapes.items():
+        if from_data and name not in dims:
+            continue
         if any(not isinstance(d, int) for d in new):
             raise UserError(f"{source} {name}:{new}: every dimension must be a number to freeze the shape")
         if name not in dims:
