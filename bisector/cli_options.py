@@ -94,8 +94,9 @@ def uses(*groups):
     return deco
 
 
-WEIGHTS_HELP = ("Candidates link the session's weight file, embed a copy, or auto: link for --compare and from "
-                "64 MiB, else embed")
+WEIGHTS_HELP = ("How candidates get the session's weights: link (hard links, no copy; onnx.load refuses them), "
+                "embed, or auto: link for --compare; for a command check, embed below 64 MiB, else a .data file "
+                "of the candidate's own tensors")
 
 
 @dataclass

@@ -32,7 +32,7 @@ LOG_FILE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 # flag: (how many values it takes, as in argparse: 0, 1, "?" (optional), "+" (one or more, until the next
 # flag) or "*" (none or more)), why it changes nothing here
 SHAPES_WHY = "bisector takes every cut tensor's shape from a real onnxruntime run"
-WEIGHTS_WHY = "candidates link or embed the session's weights (see --weights)"
+WEIGHTS_WHY = "candidates get the session's weights as --weights says"
 NO_EFFECT = {
     "--no-shape-inference": (0, SHAPES_WHY),
     "--no-onnxruntime-shape-inference": (0, SHAPES_WHY),

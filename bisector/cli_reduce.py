@@ -70,10 +70,10 @@ def reduce(
             cli.console.print(f"note: {len(store.given)} cut tensors are fed the values the loaded data gives, not "
                               f"recorded ones; {len(store.recorded) or 'nothing'} recorded", style="dim",
                               highlight=False)
-        if opts.write_inputs and not materializer.embed and materializer.linked_bytes:
+        if opts.write_inputs and materializer.weights == "link" and materializer.linked_bytes:
             cli.console.print(f"note: candidates link the session's weight file "
                           f"({materializer.linked_bytes / 2**20:.0f} MiB) instead of copying it; onnx.load refuses "
-                          f"linked weights, so a check that calls it needs --weights embed", style="dim",
+                          f"linked weights, so a check that calls it needs --weights auto", style="dim",
                           highlight=False)
         return strategy, materializer
 

@@ -31,6 +31,7 @@ from bisector.artifacts.session import Session
 from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.process_group import kill_leftovers
 from bisector.errors import Inconclusive, SessionAborted, UserError
+from bisector.model.weights import DATA_SUFFIX
 from bisector.strategies.base import Ask, Candidate, Strategy
 
 log = logging.getLogger(__name__)
@@ -421,14 +422,17 @@ def _log_event(e: dict[str, Any]) -> None:
 
 
 def _remove_intermediate(artifact: Artifact) -> None:
-    """Remove what bisector put in an iteration directory: the artifact, its inputs and the links
-    to the session's weights. The check's log and whatever the check wrote stay."""
-    for p in (artifact.path, artifact.inputs_path):
+    """Remove what bisector put in an iteration directory: the artifact, its own data file
+    (``polygraphy_debug.onnx.data``), its inputs and the links to the session's weights. The
+    check's log and whatever the check wrote stay."""
+    path = Path(artifact.path)
+    for p in (path, path.with_name(path.name + DATA_SUFFIX), artifact.inputs_path):
         if p is not None and Path(p).is_file():
             Path(p).unlink()
     weights = Path(artifact.weights_dir) if artifact.weights_dir else None
-    if weights is None or not weights.is_dir() or not Path(artifact.workdir).is_dir():
-        return
+    workdir = Path(artifact.workdir)
+    if weights is None or not weights.is_dir() or not workdir.is_dir() or weights.resolve() == workdir.resolve():
+        return  # (int8 candidates: their weights are in the iteration directory, with the check's files)
     for src in weights.iterdir():
         dst = Path(artifact.workdir) / src.name
         try:

@@ -112,8 +112,8 @@ def test_control_flow_nodes_stay_whole(tmp_path):
     assert report["result"]["node_names"] == ["if1"]  # the If holding the faulty branch, as one node
 
 
-def test_external_data_model_reduces_without_copying_weights(tmp_path):
-    (tmp_path / "model").mkdir()  # a copy: no other test's session holds links to these weights
+def test_external_data_model_reduces_without_copying_weights_per_iteration(tmp_path):
+    (tmp_path / "model").mkdir()
     for f in ("external.onnx", "external.onnx.data"):
         shutil.copy(fixture_path("external").with_name(f), tmp_path / "model" / f)
     model, data = tmp_path / "model" / "external.onnx", tmp_path / "model" / "external.onnx.data"
@@ -121,9 +121,10 @@ def test_external_data_model_reduces_without_copying_weights(tmp_path):
     culprit = names[len(names) // 2]
     code, report = reduce(tmp_path, model, "--weights", "link", check=faulty(f"scale:{culprit}"))
     assert code == 0 and report["result"]["node_names"] == [culprit]
-    # The session linked the user's weights, never copied them, and let go of them at the end: a
-    # hard link left behind would make onnx.load refuse the user's own model.
+    # The session copied the user's weights once and never linked them: a hard link to them would
+    # make onnx.load refuse the user's own model. Candidates linked the session's own copy.
     assert data.stat().st_nlink == 1
+    assert (tmp_path / "session" / "weights" / data.name).stat().st_ino != data.stat().st_ino
     onnx.load(str(model))
     written = sum(p.stat().st_size for p in (tmp_path / "session" / "iterations").rglob("*.onnx"))
     assert written < data.stat().st_size / 10

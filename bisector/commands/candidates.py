@@ -50,7 +50,7 @@ class CandidateOptions:
     samples: int = 1
     iter_artifact: str = DEFAULT_ARTIFACT
     write_inputs: bool = True  # command checks need inputs.json; the in-process compare check does not
-    weights: str = "auto"  # link | embed | auto (see weights_embedded)
+    weights: str = "auto"  # link | embed | auto (see candidate_weights)
 
     def data_params(self) -> dict[str, Any]:
         """The part of a search's params (compared on resume) that these fields make."""
@@ -229,17 +229,20 @@ def script_samples(spec: str) -> list[dict[str, np.ndarray]]:
     return [dict(s) for s in _script_samples(spec)]
 
 
-def weights_embedded(mode: str, prepared: Prepared, command_check: bool = True) -> bool:
-    """Whether candidates carry a copy of the weights they use, rather than a link to the session's
-    weight file.
+def candidate_weights(mode: str, prepared: Prepared, command_check: bool = True) -> str:
+    """How candidates reach the session's weights (``io.save``'s ``weights``) for ``--weights mode``.
 
-    ``auto`` links for the in-process compare check (onnxruntime reads hard-linked weights: bytes
-    per iteration stay independent of the weights) and for weights of 64 MiB and more. Below that,
-    candidates handed to a command check embed their weights, because ``onnx.load`` refuses
-    hard-linked external data ("potential hardlink attack") and a check that calls it, directly or
-    through a tool, would fail every candidate for that reason alone.
+    - ``auto``: hard links (``link``, no bytes copied) for the in-process compare check, whose
+      onnxruntime reads them. A command check may call ``onnx.load`` (directly or through a tool),
+      which refuses a weight file with another hard link ("potential hardlink attack"), so its
+      candidates carry their weights: embedded below ``EMBED_WEIGHTS_BELOW_BYTES`` (64 MiB), and
+      from there on in their own data file beside them (``file``: only the tensors the candidate
+      uses, copied in the kernel; a protobuf cannot hold 2 GB).
+    - ``link`` and ``embed`` force either (``link`` is the cheapest; ``onnx.load`` refuses it).
     """
     one_of("--weights", mode, WEIGHT_MODES)
-    if mode == "auto":
-        return command_check and mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES
-    return mode == "embed"
+    if mode != "auto":
+        return mode
+    if not command_check:
+        return "link"
+    return "embed" if mio.external_bytes(prepared.model) < mio.EMBED_WEIGHTS_BELOW_BYTES else "file"

@@ -38,7 +38,7 @@ import onnx
 from bisector.backends.target import run_reference
 from bisector.checks.base import Artifact
 from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions,
-                                          prepare_candidates, weights_embedded)
+                                          prepare_candidates, candidate_weights)
 from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
 from bisector.commands.precision_sensitivity import NodeError, load_or_measure, sensitivity_order
 from bisector.commands.precision_trt import WeakEngineBuilder, layer_text, trtexec_flags
@@ -102,7 +102,7 @@ class PrecisionMaterializer:
         self.quantizer = quantizer
         self.inputs_file = inputs_file
         self.engines = engines
-        self.embed = weights_embedded(opts.weights, prepared)
+        self.weights = candidate_weights(opts.weights, prepared, command_check=opts.write_inputs)
 
     @property
     def realization(self) -> str:
@@ -124,7 +124,7 @@ class PrecisionMaterializer:
             return self.quantizer.quantize(keep, path), path.parent
         model = rewrite(self.prepared.model, self.opts.precision, keep=keep, realize=realize or self.opts.realize,
                         weights_dir=self.prepared.weights_dir)
-        mio.save(model, path, weights_from=self.prepared.weights_dir, embed=self.embed)
+        mio.save(model, path, weights_from=self.prepared.weights_dir, weights=self.weights)
         return model, self.prepared.weights_dir
 
     def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:

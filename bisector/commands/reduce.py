@@ -1,6 +1,7 @@
 """``bisector reduce``: prepare the model, record activations, search, write the answer.
 
-The materializer turns a node set into ``polygraphy_debug.onnx`` (weights linked, not copied)
+The materializer turns a node set into ``polygraphy_debug.onnx`` (weights as
+``candidates.candidate_weights`` says: linked, embedded, or copied into its own data file)
 plus ``inputs.json`` (Polygraphy format, one dict per sample, every graph input of the candidate).
 Cut tensors are fed with the values the full model produced for them (``recorded``), or with
 seeded random data (``random``), or with the first sample's value for every sample
@@ -22,7 +23,7 @@ import numpy as np
 from bisector.backends.record import ActivationStore, record_activations
 from bisector.checks.base import Artifact
 from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, prepare_candidates,
-                                          weights_embedded)
+                                          candidate_weights)
 from bisector.data import save_inputs
 from bisector.engine import Engine, Outcome
 from bisector.errors import UserError
@@ -64,7 +65,7 @@ class ReduceMaterializer:
         types = {name: store.spec(name) for name in store.files}
         self.cutter = SubgraphCutter(prepared.model, types)
         self.names = self.cutter.index.names
-        self.embed = weights_embedded(opts.weights, prepared, command_check=opts.write_inputs)
+        self.weights = candidate_weights(opts.weights, prepared, command_check=opts.write_inputs)
         self.linked_bytes = mio.external_bytes(prepared.model)
 
     def fingerprint(self, candidate: Candidate) -> str:
@@ -91,7 +92,7 @@ class ReduceMaterializer:
     def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:
         sub = self.cutter.cut(candidate.items)
         path = mio.save(sub.model, workdir / self.opts.iter_artifact, weights_from=self.prepared.weights_dir,
-                        embed=self.embed)
+                        weights=self.weights)
         feeds = self.feeds(sub.inputs)
         inputs_path = save_inputs(feeds, workdir / INPUTS_NAME) if self.opts.write_inputs else None
         return Artifact(workdir=workdir, path=path, iteration=iteration, inputs_path=inputs_path,

@@ -2,34 +2,42 @@
 
 A model is loaded *without* its external data: initializers stored outside the ``.onnx`` file keep
 their ``external_data`` references and are read by onnxruntime (or TensorRT) straight from the
-original file. Models whose weights are embedded are externalized once per session
+session's copy of their file. Models whose weights are embedded are externalized once per session
 (:func:`externalize`), so every derived model (a reduce candidate, a mixed-precision model) is a
-small protobuf that *references* the weight file instead of copying it.
+small protobuf that *references* the weight file instead of copying it. How a written model
+reaches its weights is one of ``CANDIDATE_WEIGHTS`` (see :func:`save`); the files themselves are
+handled by :mod:`bisector.model.weights`.
 
 Example::
 
     m = load("resnet.onnx")             # ModelProto, weights left on disk
-    base = weights_dir(m)               # where its external weights live
-    save(m, "iter/polygraphy_debug.onnx", weights_from=base)  # links the weight files in
+    save(m, "iter/polygraphy_debug.onnx", weights_from=session_weights)                  # hard links
+    save(m, "iter/polygraphy_debug.onnx", weights_from=session_weights, weights="file")  # its own .data
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
 from pathlib import Path
 
 import onnx
 from onnx import external_data_helper
 
 from bisector.errors import UserError
+from bisector.model import weights as wfiles
 
 # Initializers at least this large are moved to the session's weight file.
 EXTERNALIZE_THRESHOLD_BYTES = 1024
-# Below this many bytes of weights, candidates embed their weights (any tool can read them);
-# above it they link the session's weight file (bytes per iteration independent of the weights).
+# Below this many bytes of weights, candidates for a command check embed their weights; from it on
+# they get their own data file beside them (a protobuf cannot pass 2 GB; onnx.load reads both).
 EMBED_WEIGHTS_BELOW_BYTES = 64 << 20
+# How a written model reaches its external weights (see save): hard links to the session's files,
+# embedded in the protobuf, or its own data file (DATA_SUFFIX) holding only the tensors it uses.
+CANDIDATE_WEIGHTS = ("link", "embed", "file")
+DATA_SUFFIX = wfiles.DATA_SUFFIX
+# protobuf's limit on one message: a model past it keeps its weights in a file beside it.
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # onnxruntime refuses IR versions newer than it knows; this is the oldest we ever lower to.
 MIN_IR_VERSION = 7
 # Attribute that records where a loaded model came from (not part of ONNX).
@@ -125,7 +133,10 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
     """Move embedded initializers of ``threshold`` bytes or more into ``weights_dir/location``.
 
     Done once per session (rewritten identically on resume). Already-external tensors are left
-    where they are. Modifies ``model`` in place; afterwards it is small and every derived model can reference the same file.
+    where they are; should one of their files be called ``location``, another name is taken. Large
+    tensors start on a block boundary (``weights.align``), so candidates' own data files can share
+    extents with this one. Modifies ``model`` in place; afterwards it is small and every derived
+    model can reference the same file.
     """
     # Top-level initializers only: onnxruntime rejects external data inside If/Loop bodies.
     tensors = [t for t in model.graph.initializer
@@ -133,15 +144,23 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
                and t.HasField("raw_data") and len(t.raw_data) >= threshold]
     if not tensors:
         return
+    taken = set(external_locations(model))
+    base, n = location, 0
+    while location in taken:
+        n += 1
+        location = f"{base}.{n}"
     weights_dir.mkdir(parents=True, exist_ok=True)
     target = weights_dir / location
-    if target.is_symlink():  # never write through a link into the user's own files
+    if target.is_symlink():  # never write through a link
         target.unlink()
     with open(target, "wb") as f:
+        end = 0
         for t in tensors:
-            offset = f.tell()
-            f.write(t.raw_data)
             length = len(t.raw_data)
+            offset = wfiles.align(end, length)
+            f.seek(offset)
+            f.write(t.raw_data)
+            end = offset + length
             external_data_helper.set_external_data(t, location=location, offset=offset, length=length)
             t.data_location = onnx.TensorProto.EXTERNAL
             t.ClearField("raw_data")
@@ -149,89 +168,44 @@ def externalize(model: onnx.ModelProto, weights_dir: Path, location: str = "bise
         os.fsync(f.fileno())
 
 
-def link_external(model: onnx.ModelProto, weights_from: Path, dest_dir: Path, *, borrowed: bool = False) -> None:
-    """Make every external file of ``model`` reachable from ``dest_dir`` by its relative location.
-
-    Hard links first: onnxruntime (1.31) resolves symlinks and refuses external data that then lies
-    outside the model's directory, and TensorRT's parser rejects ``../`` in locations. Across file
-    systems a hard link is impossible; then a symlink (TensorRT follows it; onnxruntime refuses it),
-    and a copy only if the file system allows neither.
-
-    ``borrowed``: the files are the user's. While any hard link to them exists, ``onnx.load`` refuses
-    the user's own model ("potential hardlink attack"), so they are remembered and
-    :func:`release_borrowed` removes every link to them when bisector is done with the session.
-    """
-    weights_from = Path(weights_from).resolve()
-    dest_dir = Path(dest_dir)
-    if weights_from == dest_dir.resolve():
-        return
-    for loc in external_locations(model):
-        src = weights_from / loc
-        dst = dest_dir / loc
-        if borrowed and src.exists():
-            st = src.stat()
-            _BORROWED.setdefault((st.st_dev, st.st_ino), set()).add(os.path.abspath(src))
-        if dst.exists() or dst.is_symlink():
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src.resolve(), dst)
-        except OSError:
-            try:
-                os.symlink(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
-
-
-# (device, inode) of the user's weight files linked into a session -> the user's own paths to them
-_BORROWED: dict[tuple[int, int], set[str]] = {}
-
-
-def release_borrowed(root: Path) -> int:
-    """Remove every hard link under ``root`` to a user's weight file (see :func:`link_external`), so
-    that ``onnx.load`` accepts the user's model again; a resumed session links them anew. Returns
-    how many were removed."""
-    if not _BORROWED:
-        return 0
-    removed = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.abspath(os.path.join(dirpath, name))
-            try:
-                st = os.lstat(path)
-                originals = _BORROWED.get((st.st_dev, st.st_ino))
-                # never the user's own file, should the session directory hold it (--session .)
-                if originals and path not in originals and st.st_nlink > 1:
-                    os.unlink(path)
-                    removed += 1
-            except OSError:
-                continue
-    return removed
-
-
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path | None = None,
-         embed: bool = False) -> Path:
-    """Write ``model`` (small: its weights stay external) to ``path``.
+         weights: str = "link") -> Path:
+    """Write ``model`` (small: its weights stay external) to ``path``; ``model`` is left as it was.
 
-    ``weights_from`` is the directory its external locations are relative to; those files are
-    linked next to ``path`` (see :func:`link_external`). With ``embed=True`` the weights the model
-    uses are copied into the file instead, for tools that call ``onnx.load`` on it (onnx refuses
-    linked weight files). Raises ``UserError`` when the directory is not writable or the disk is
-    full.
+    ``weights_from`` is the directory its external locations are relative to, which must be the
+    session's own (``SESSION/weights``), never the user's. ``weights`` says how the written model
+    reaches them (``CANDIDATE_WEIGHTS``):
+
+    - ``link``: those files are hard-linked next to ``path`` (``weights.link_files``): no bytes
+      copied; onnxruntime and TensorRT read them, ``onnx.load`` refuses them;
+    - ``embed``: the weights the model uses are copied into the protobuf (under 2 GB);
+    - ``file``: they are copied into one data file of its own, ``path`` + ``DATA_SUFFIX``, holding
+      only the tensors the model uses (:func:`write_data_file`), which any tool reads.
+
+    Raises ``UserError`` when the directory is not writable or the disk is full.
     """
     p = Path(path)
-    if embed and weights_from is not None and external_locations(model):
+    _check_mode(weights)
+    external = weights_from is not None and bool(external_locations(model))
+    if weights == "embed" and external:
         full = onnx.ModelProto()
         full.CopyFrom(model)
         load_weights(full, Path(weights_from))
         model, weights_from = full, None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        data = model.SerializeToString()
+        if weights == "file" and external:
+            saved = write_data_file(model, Path(weights_from), p.with_name(p.name + DATA_SUFFIX))
+            try:
+                data = model.SerializeToString()
+            finally:
+                _restore(saved)
+        else:
+            data = model.SerializeToString()
         with open(p, "wb") as f:
             f.write(data)
-        if weights_from is not None:
-            link_external(model, weights_from, p.parent)
+        if weights == "link" and external:
+            wfiles.link_files(external_locations(model), Path(weights_from), p.parent)
     except OSError as exc:
         raise UserError(f"cannot write {p}: {exc.strerror or exc}") from None
     except ValueError as exc:  # protobuf refuses > 2 GB: weights were not externalized
@@ -239,24 +213,75 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, weights_from: Path 
     return p
 
 
+def _check_mode(weights: str) -> None:
+    if weights not in CANDIDATE_WEIGHTS:
+        raise ValueError(f"weights={weights!r}: not one of {', '.join(CANDIDATE_WEIGHTS)}")
+
+
+def write_data_file(model: onnx.ModelProto, weights_from: Path, data_path: Path) -> list:
+    """Copy the bytes of every external tensor of ``model`` from ``weights_from`` into
+    ``data_path`` and point the tensors there (location ``data_path.name``, beside the model).
+
+    Tensors that share a range share it in the new file too; each starts where ``weights.align``
+    says. The copy is ``os.copy_file_range`` of each range (``weights.copy_ranges``). Returns what
+    :func:`_restore` needs to point the tensors back (``save`` does, after serializing).
+    """
+    placed: dict[tuple[str, int, int], int] = {}
+    ranges, saved, end = [], [], 0
+    for t in _tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else raw_length(t)
+        key = (info["location"], offset, length)
+        if key not in placed:
+            placed[key] = wfiles.align(end, length)
+            end = placed[key] + length
+            ranges.append((Path(weights_from) / key[0], offset, length, placed[key]))
+        saved.append((t, [(e.key, e.value) for e in t.external_data]))
+        _set_entries(t, [("location", data_path.name), ("offset", str(placed[key])), ("length", str(length))])
+    try:
+        wfiles.copy_ranges(data_path, ranges)
+    except BaseException:
+        _restore(saved)
+        raise
+    return saved
+
+
+def _restore(saved: list) -> None:
+    """Give tensors back the external-data entries that :func:`write_data_file` replaced."""
+    for t, entries in saved:
+        _set_entries(t, entries)
+
+
+def _set_entries(tensor: onnx.TensorProto, entries: list[tuple[str, str]]) -> None:
+    del tensor.external_data[:]
+    for key, value in entries:
+        tensor.external_data.add(key=key, value=value)
+
+
 def save_standalone(model: onnx.ModelProto, path: str | os.PathLike, weights_from: Path | None) -> Path:
-    """Write a self-contained copy: embedded weights if under 2 GB, else one external file beside it.
+    """Write a self-contained copy: embedded weights if under 2 GB, else its own data file beside it
+    (``path`` + ``DATA_SUFFIX``, copied range by range as in :func:`save`, never read into memory).
 
     Used for results (``reduced.onnx``) that users attach to bug reports.
     """
     p = Path(path)
+    if weights_from is not None and external_locations(model) and \
+            external_bytes(model) + model.ByteSize() >= PROTOBUF_LIMIT_BYTES:
+        return save(model, p, weights_from=weights_from, weights="file")
     full = onnx.ModelProto()
     full.CopyFrom(model)
     if weights_from is not None and external_locations(full):
         load_weights(full, Path(weights_from))
-    size = full.ByteSize() if full.ByteSize() < 2**31 - 1 else 2**31
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        if size < 2**31 - 1:
+        if full.ByteSize() < PROTOBUF_LIMIT_BYTES:
             onnx.save(full, str(p))
         else:
             onnx.save(full, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=p.name + ".data")
+                      location=p.name + DATA_SUFFIX)
     except OSError as exc:
         raise UserError(f"cannot write {p}: {exc.strerror or exc}") from None
     return p
@@ -287,7 +312,7 @@ def read_external(tensor: onnx.TensorProto, base_dir: Path) -> bytes:
     """The bytes of one external tensor: ``length`` bytes from ``offset`` in ``location``; without a
     ``length`` entry, as many as its dims and data type take (``raw_length``), never the rest of the
     file, which may hold other tensors. A missing, unreadable or short file is a UserError. Our own
-    reader: onnx's refuses hard-linked weight files, which is how every candidate shares the
+    reader: onnx's refuses hard-linked weight files, which is how ``--compare`` candidates share the
     session's weights."""
     info = {e.key: e.value for e in tensor.external_data}
     path = Path(base_dir) / info["location"]

@@ -56,7 +56,7 @@ def test_external_weights_are_linked_not_copied(tmp_path):
     assert os.stat(tmp_path / "it" / loc).st_ino == os.stat(path.parent / loc).st_ino  # same file
     x = np.random.default_rng(0).random((1, 16), dtype=np.float32)
     assert np.allclose(_run(out, {"x": x})[0], _run(path, {"x": x})[0])
-    embedded = mio.save(model, tmp_path / "emb" / "cand.onnx", weights_from=path.parent, embed=True)
+    embedded = mio.save(model, tmp_path / "emb" / "cand.onnx", weights_from=path.parent, weights="embed")
     onnx.checker.check_model(onnx.load(str(embedded)))  # any tool can read an embedded candidate
 
 
