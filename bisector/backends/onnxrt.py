@@ -26,6 +26,9 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 _DISTS = ("onnxruntime", "onnxruntime-gpu")
+# Session option that tells onnxruntime (1.21+) where a model given as bytes finds its external data.
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+EXTERNAL_FOLDER_SINCE = (1, 21)
 
 
 def import_ort():
@@ -69,7 +72,9 @@ class OnnxRuntime:
     def name(self) -> str:
         return f"onnxrt-{self.provider}"
 
-    def session(self, model: str | os.PathLike | bytes):
+    def session(self, model: str | os.PathLike | bytes, weights_dir: Path | None = None):
+        """An inference session; a model given as bytes reads its external data from ``weights_dir``
+        (see :func:`reads_weights_from_folder`)."""
         ort = import_ort()
         available = ort.get_available_providers()
         wanted = PROVIDERS[self.provider]
@@ -88,6 +93,8 @@ class OnnxRuntime:
         opts.log_severity_level = 3
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        if weights_dir is not None and isinstance(model, bytes):
+            opts.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(weights_dir).resolve()))
         src = model if isinstance(model, bytes) else str(model)
         try:
             return ort.InferenceSession(src, sess_options=opts, providers=providers)
@@ -100,9 +107,9 @@ class OnnxRuntime:
             raise UserError(f"onnxruntime cannot load the model: {text}", hint=hint) from None
 
     def run(self, model: str | os.PathLike | bytes, samples: list[dict[str, np.ndarray]],
-            output_names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+            output_names: list[str] | None = None, weights_dir: Path | None = None) -> list[dict[str, np.ndarray]]:
         """Run every sample; returns ``[{output: array}]`` in sample order."""
-        sess = self.session(model)
+        sess = self.session(model, weights_dir)
         return run_session(sess, samples, output_names)
 
 
@@ -128,6 +135,16 @@ def run_session(sess, samples, output_names=None) -> list[dict[str, np.ndarray]]
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300]
+
+
+def reads_weights_from_folder() -> bool:
+    """Whether this onnxruntime reads a model given as bytes with its external data from a folder
+    (``EXTERNAL_FOLDER_KEY``): then nothing needs writing, or linking, beside the weights."""
+    version = import_ort().__version__.split("+")[0].split(".")
+    try:
+        return tuple(int(v) for v in version[:2]) >= EXTERNAL_FOLDER_SINCE
+    except ValueError:
+        return False
 
 
 def session_from_path(path: Path, provider: str = "cpu"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bisector.backends.onnxrt import OnnxRuntime
+from bisector.backends.onnxrt import OnnxRuntime, reads_weights_from_folder
 from bisector.errors import UserError
 from bisector.model import io as mio
 
@@ -60,9 +60,17 @@ class Target:
     def run(self, model: onnx.ModelProto, weights_dir: Path | None, workdir: Path,
             samples: list[dict[str, np.ndarray]], output_names: list[str] | None = None,
             name: str = "target.onnx") -> list[dict[str, np.ndarray]]:
-        m = self.transform(model, weights_dir)
-        path = mio.save(mio.normalize_ir(m), Path(workdir) / name, weights_from=weights_dir)
-        return OnnxRuntime(self.provider, opt_level=self.opt_level).run(path, samples, output_names)
+        """Run ``model`` (its external weights in ``weights_dir``, which may be the user's own). It
+        goes to onnxruntime as bytes that read the weights where they are: nothing is written, and
+        nothing links to the weight files (``onnx.load`` refuses a model whose weight file has another
+        link). An onnxruntime older than 1.21 gets ``workdir/name`` with a copy of the weights used."""
+        m = mio.normalize_ir(self.transform(model, weights_dir))
+        rt = OnnxRuntime(self.provider, opt_level=self.opt_level)
+        if m.ByteSize() < mio.PROTOBUF_LIMIT_BYTES and (weights_dir is None or not mio.external_locations(m)
+                                                    or reads_weights_from_folder()):
+            return rt.run(m.SerializeToString(), samples, output_names, weights_dir=weights_dir)
+        path = mio.save(m, Path(workdir) / name, weights_from=weights_dir, weights="file")
+        return rt.run(path, samples, output_names)
 
 
 def run_reference(kind: str, model: onnx.ModelProto, weights_dir: Path | None, workdir: Path,
