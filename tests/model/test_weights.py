@@ -190,3 +190,20 @@ def test_a_location_outside_the_models_directory_is_refused(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(UserError, match="outside the model's directory"):
         own_weights(model, tmp_path / "m", tmp_path / "s")
+
+
+def test_the_compare_target_reads_the_users_weights_where_they_are_and_writes_nothing(tmp_path):
+    from bisector.backends.target import Target
+
+    (tmp_path / "user").mkdir()
+    path = tmp_path / "user" / "m.onnx"
+    onnx.save(_model(), str(path), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    model = mio.load(path)
+    x = np.ones((1, D), np.float32)
+    work = tmp_path / "work"
+    work.mkdir()
+    for precision in (None, "fp16"):  # the model as it is, and a rewrite that keeps some weights external
+        out = Target("cpu", precision=precision).run(model, path.parent, work, [{"x": x}])
+        assert np.isfinite(out[0]["y"]).all()
+    assert list(work.iterdir()) == []  # no target.onnx, no link to the user's weight file
+    assert os.stat(tmp_path / "user" / "m.onnx.data").st_nlink == 1
