@@ -247,7 +247,9 @@ def _listeners(s: SessionOptions, title: str, interactive_check: bool):
         listeners.append(ev)
         closers.append(ev.close)
     live = None
-    if s.quiet or not is_interactive(console) or interactive_check:
+    if s.quiet:
+        pass
+    elif not is_interactive(console) or interactive_check:
         listeners.append(LogLines(console))
     else:
         live = LiveDisplay(console, title)
@@ -320,9 +322,29 @@ def run_session(*, strategy_name: str, model: Optional[Path], params: dict, s: S
         code = finish(session, outcome) or 0
         console.print(f"[bold]session:[/] {session.root}  (report: {session.root / 'result' / 'report.md'})",
                       highlight=False)
+        if s.json:
+            print_summary(session, code)
     finally:
         session.close()
     return code
+
+
+def results(json_mode: bool):
+    """Where a command prints its answer for people: stdout, or stderr when ``--json`` keeps stdout
+    for the one JSON object."""
+    return console if json_mode else make_console(stderr=False)
+
+
+def print_summary(session, code: int) -> None:
+    """``--json``: ``result/report.json`` without its per-iteration rows, plus the exit code, as
+    one line on stdout."""
+    import json
+
+    doc = json.loads((session.root / "result" / "report.json").read_text())
+    doc.pop("iterations", None)
+    doc["exit_code"] = code
+    sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def private_like(model: Path) -> None:
@@ -363,6 +385,20 @@ def _import_polygraphy_replay(session, strategy, materializer, path: Path) -> No
     console.print(f"imported {n} verdict(s) from {path} (Polygraphy replay)", highlight=False)
     if stopped:
         console.print(f"[yellow]note:[/] {stopped}", highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bisector import __version__
+
+        sys.stdout.write(f"bisector {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print bisector's version and exit",
+                                       is_eager=True, callback=_version)) -> None:
+    """bisector: find where an ONNX or TensorRT model goes wrong."""
 
 
 # ---------------------------------------------------------------------------------------- entry point

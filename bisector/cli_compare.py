@@ -20,6 +20,7 @@ def compare(
     cmp: CompareOptions,
     save_outputs: Annotated[Optional[Path], typer.Option("--save-outputs", help="Write target outputs (Polygraphy RunResults JSON or .npz)")] = None,
     load_outputs: Annotated[Optional[Path], typer.Option("--load-outputs", help="Use these reference outputs instead of running the reference")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (the comparison of every output); the table goes to stderr")] = False,
 ):
     """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
     from bisector import cli
@@ -47,10 +48,20 @@ def compare(
         write_outputs({target.describe(): run.target_outputs}, save_outputs)
     ref_name = ("loaded outputs" if load_outputs else
                 "onnx reference evaluator fp64" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
-    cli.console.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
-                  f"{len(run.samples)} sample(s)", highlight=False)
+    out = cli.results(json_out)
+    out.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
+              f"{len(run.samples)} sample(s)", highlight=False)
     for sample in run.comparison.samples:
-        cli.console.print(render_comparison(sample))
-    cli.console.print(run.comparison.summary(), style="bold green" if run.comparison.passed else "bold red",
-                  highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if run.comparison.passed else EXIT_BAD)
+        out.print(render_comparison(sample))
+    out.print(run.comparison.summary(), style="bold green" if run.comparison.passed else "bold red",
+              highlight=False, soft_wrap=True)
+    code = 0 if run.comparison.passed else EXIT_BAD
+    if json_out:
+        import json
+        import sys
+
+        doc = {"command": "compare", "model": str(Path(model).absolute()), "passed": run.comparison.passed,
+               "target": target.describe(), "reference": ref_name, "samples": len(run.samples),
+               "comparison": run.comparison.to_json(), "exit_code": code}
+        sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    raise typer.Exit(code)

@@ -198,7 +198,11 @@ class SessionOptions:
     devices: Annotated[Optional[str], typer.Option(
         "--devices", help="One CUDA_VISIBLE_DEVICES per worker: 0,1", rich_help_panel="Session")] = None
     quiet: Annotated[bool, typer.Option(
-        "-q", "--quiet", help="Log lines instead of a live display", rich_help_panel="Session")] = False
+        "-q", "--quiet", help="No progress: only the answer, warnings and errors (a line per check goes to a "
+        "file or pipe, a live display to a terminal, without -q)", rich_help_panel="Session")] = False
+    json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON summary object on stdout (the answer, its files, the checks); people's "
+        "output goes to stderr", rich_help_panel="Session")] = False
     events: Annotated[Optional[Path], typer.Option(
         "--events", help="Append a JSON-lines event stream to this file", rich_help_panel="Session")] = None
     artifacts: Annotated[Optional[list[str]], typer.Option(

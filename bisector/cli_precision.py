@@ -86,12 +86,15 @@ def precision(
     state = {}
 
     def setup(session):
+        from bisector.commands.reduce_report import count
+
         st = prec.setup(opts, session.root)
         state["setup"] = st
         how = "QDQ int8 (onnxruntime quantize_static)" if opts.precision == "int8" else f"{opts.precision} ({realize})"
         if constraints:
             how = f"TensorRT {opts.precision} engines, kept layers fp32 ({constraints} precision constraints)"
-        cli.console.print(f"model: {model} ({len(st.prepared.model.graph.node)} nodes, {len(st.lowerable)} can run "
+        cli.console.print(f"model: {Path(model).absolute()} ({count(len(st.prepared.model.graph.node), 'node')}, "
+                          f"{len(st.lowerable)} can run "
                           f"in {opts.precision}); candidates realized as {how}", highlight=False)
         if opts.precision != "int8" and not constraints and why != "as asked":
             cli.console.print(f"realize: {why}; --realize {'true' if realize == 'emulate' else 'emulate'} to change",
@@ -114,7 +117,7 @@ def precision(
             from bisector.data import save_inputs
 
             save_inputs(st.materializer.samples, data.save_inputs)
-        report_precision(cli.console, session, outcome, written, st, opts, cli._check_argv, cmp, doubt)
+        report_precision(cli.results(s.json), session, outcome, written, st, opts, cli._check_argv, cmp, doubt)
         if doubt is None:
             return 0
         return cli.inconclusive(session, f"the answer does not hold under bisector's {opts.precision} emulation: "
@@ -183,7 +186,7 @@ def low_precision(precision: Optional[str], fp16: bool, bf16: bool, int8: bool) 
 def report_precision(console, session, outcome, written, st, opts, check_argv, cmp, doubt=None) -> None:
     from bisector.artifacts.report import write_reports
     from bisector.commands.precision_sensitivity import error_table
-    from bisector.commands.reduce_report import checks_line, reproduce_command
+    from bisector.commands.reduce_report import checks_line, count, reproduce_command
     from bisector.data import save_outputs
     from bisector.tables import NodeTable
 
@@ -194,7 +197,7 @@ def report_precision(console, session, outcome, written, st, opts, check_argv, c
     repro = reproduce_command(check_argv, opts.iter_artifact, written["checked"], written["inputs"], cmp,
                               reference=written["reference_outputs"], engine=opts.constraints is not None)
     keep = written["kept_nodes"]
-    table = NodeTable(f"keep in fp32: {len(keep)} of {res['lowerable']} nodes",
+    table = NodeTable(f"keep in fp32: {len(keep)} of {count(res['lowerable'], 'node')}",
                       ("node", "op type", "own error", "tensor"), code=(0, 3))
     for k in keep:
         table.add(k["name"], k["op_type"], _err(k.get("error")), k.get("tensor", ""))

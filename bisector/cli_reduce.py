@@ -60,9 +60,11 @@ def reduce(
     state = {}
 
     def setup(session):
+        from bisector.commands.reduce_report import count
+
         prepared, strategy, materializer = red.setup(opts, session.root)
         state["materializer"] = materializer
-        cli.console.print(f"model: {model} ({strategy.n} nodes after preparation), "
+        cli.console.print(f"model: {Path(model).absolute()} ({count(strategy.n, 'node')} after preparation), "
                       f"{materializer.store.samples} input sample(s), cut tensors fed {opts.cut_feed} values",
                       highlight=False)
         store = materializer.store
@@ -88,7 +90,7 @@ def reduce(
 
             m = state["materializer"]
             save_inputs(m.feeds(list(m.cutter.index.graph_inputs)), data.save_inputs)
-        report_reduce(cli.console, session, outcome, written, opts, cli._check_argv, cmp)
+        report_reduce(cli.results(s.json), session, outcome, written, opts, cli._check_argv, cmp)
         if not conclusive:
             return cli.inconclusive(session, "no candidate passed the check, not even the model without the "
                                     "answer: the check may fail whatever it is given", s.force_output,

@@ -128,7 +128,7 @@ def repeat(
                 f"skip {r['skip']}; failure rate {r['bad_rate']:.0%}")
         write_reports(session, strategy="repeat", stats=outcome.stats, result=r, answer_md=f"## Answer\n\n{text}\n",
                       reproduce=cli._check_argv)
-        cli.console.print(text, highlight=False)
+        cli.results(s.json).print(text, highlight=False)
 
     cli.run_session(strategy_name="repeat", model=None, params={"until": until, "check": cli._check_argv}, s=s,
                 check=check, setup=setup, finish=finish)

@@ -132,11 +132,12 @@ class LiveDisplay:
         return Group(*body)
 
 
-def make_console() -> Console:
-    """stderr; logs (no terminal) get wide lines instead of rich's default 80 columns."""
-    console = Console(stderr=True, highlight=False)
+def make_console(stderr: bool = True) -> Console:
+    """stderr (diagnostics and progress) or stdout (results); a file or pipe gets wide lines instead
+    of rich's default 80 columns."""
+    console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal:
-        console = Console(stderr=True, highlight=False, width=160)
+        console = Console(stderr=stderr, highlight=False, width=160)
     return console
 
 

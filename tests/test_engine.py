@@ -323,7 +323,8 @@ class Uncancellable:
 
 def test_speculation_that_cannot_be_cancelled_is_journaled_when_it_finishes(tmp_path):
     check, pids = slow_guess(tmp_path, 1)
-    outcome = Engine(AskAndGuess(), TextMaterializer(), Uncancellable(check), session(tmp_path / "s"), jobs=2).run()
+    eng = Engine(AskAndGuess(), TextMaterializer(), Uncancellable(check), session(tmp_path / "s"), jobs=2)
+    outcome = eng.run()
     assert outcome.result == {"asked": "good"}
     entries = read(tmp_path / "s" / JOURNAL_NAME)
     assert [(e.label, e.speculative) for e in entries] == [("asked", False), ("guessed", True)]

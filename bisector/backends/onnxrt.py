@@ -31,6 +31,12 @@ EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 EXTERNAL_FOLDER_SINCE = (1, 21)
 
 
+def ort_severity() -> int:
+    """onnxruntime's own log lines: warnings and up at bisector's debug level (-v), else errors only
+    (its optimizer writes a line per node it cannot rewrite: hundreds on a densenet)."""
+    return 1 if log.isEnabledFor(logging.DEBUG) else 3
+
+
 def import_ort():
     """Import onnxruntime or raise a one-line ``MissingDependency`` saying which extra to install."""
     installed = []
@@ -48,7 +54,7 @@ def import_ort():
     except ImportError:
         raise MissingDependency("onnxruntime is not installed",
                                 hint="pip install 'bisector[cpu]' (or 'bisector[gpu]' for CUDA, never both)") from None
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(ort_severity())
     return onnxruntime
 
 
@@ -90,7 +96,7 @@ class OnnxRuntime:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.opt_level]
-        opts.log_severity_level = 3
+        opts.log_severity_level = ort_severity()
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if weights_dir is not None and isinstance(model, bytes):

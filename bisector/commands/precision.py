@@ -265,7 +265,7 @@ def write_result(result: dict, st: Setup, opts: PrecisionOptions, result_dir: Pa
     model, wdir = m.realize(kept, tmp / "mixed.onnx", realize=None if opts.precision == "int8" else "true")
     out["mixed"] = str(mio.save_standalone(model, result_dir / "mixed.onnx", wdir))
     if opts.output and publish:
-        out["output"] = str(mio.save_standalone(model, opts.output, wdir))
+        out["output"] = str(mio.save_standalone(model, opts.output, wdir).absolute())
     layers = {n: "float32" for n in sorted(kept, key=lambda n: m.names.index(n))}
     if m.engines is not None:  # as checked: the engine; its constraints name the real network layers
         plan = m.engines.build(kept, result_dir / "checked.engine")

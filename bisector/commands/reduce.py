@@ -137,7 +137,7 @@ def write_result(outcome: Outcome, materializer: ReduceMaterializer, opts: Reduc
     out = {"reduced": str(mio.save_standalone(sub.model, result_dir / "reduced.onnx", prepared.weights_dir))}
     out["reduced_inputs"] = str(save_inputs(materializer.feeds(sub.inputs), result_dir / "reduced_inputs.json"))
     if opts.output and publish:
-        out["output"] = str(mio.save_standalone(sub.model, opts.output, prepared.weights_dir))
+        out["output"] = str(mio.save_standalone(sub.model, opts.output, prepared.weights_dir).absolute())
         save_inputs(materializer.feeds(sub.inputs), _inputs_beside(opts.output))
     if res.get("min_good") is not None:
         good = materializer.cutter.cut(res["min_good"])

@@ -114,12 +114,12 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
     phases = phase_table(session, res["original_nodes"])
     repro = reproduce_command(check_argv, opts.iter_artifact, written["reduced"], written["reduced_inputs"], cmp)
     culprits = written["culprits"]
-    table = NodeTable(f"culprit: {len(culprits)} of {res['original_nodes']} nodes",
+    table = NodeTable(f"culprit: {len(culprits)} of {count(res['original_nodes'], 'node')}",
                       ("node", "op type", "inputs", "outputs"))
     for c in culprits:
         table.add(c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"]))
     md = ["## Answer", "",
-          f"{res['original_nodes']} nodes reduced to **{len(culprits)}** in {outcome.stats.checks} checks "
+          f"{count(res['original_nodes'], 'node')} reduced to **{len(culprits)}** in {count(outcome.stats.checks, 'check')} "
           f"({outcome.stats.cached} cached verdicts reused).", "", *table.markdown()]
     if not res["conclusive"]:
         from bisector.artifacts.report import first_failure

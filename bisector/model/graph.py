@@ -180,6 +180,16 @@ def has_foldable(model: onnx.ModelProto, external: set[str]) -> bool:
     return False
 
 
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's own warnings (a line per node its optimizer cannot rewrite: hundreds on a
+    densenet) only at bisector's debug level (-v)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    onnxruntime.set_default_logger_severity(1 if log.isEnabledFor(logging.DEBUG) else 3)
+
+
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold Constant nodes and computations on constants (shape arithmetic after shapes are
     frozen) with onnx-graphsurgeon, leaving anything bigger than ``FOLD_SIZE_THRESHOLD_BYTES``
@@ -201,6 +211,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         def reads_external(node) -> bool:
             return any(getattr(t, "name", None) in external for t in node.inputs)
 
+        _quiet_onnxruntime()  # graphsurgeon folds through onnxruntime sessions of its own
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=FOLD_SIZE_THRESHOLD_BYTES,
                              should_exclude_node=reads_external)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()

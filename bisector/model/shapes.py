@@ -134,10 +134,47 @@ def freeze_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]],
         else:
             dynamic = [d for d in dims[vi.name] if not isinstance(d, int) or d <= 0]
             if dynamic:
-                example = ",".join(str(d if isinstance(d, int) and d > 0 else 1) for d in dims[vi.name])
                 raise UserError(f"input {vi.name!r} has a dynamic shape {dims[vi.name]} and no shape was given",
-                                hint=f"pass --input-shapes {vi.name}:[{example}] or --load-inputs")
+                                hint=shape_hint(model, {k: v for k, v in dims.items() if k not in shapes}))
     return model
+
+
+# Sizes tried, in order, for a dynamic dimension other than the first (batch) one when a shape is
+# suggested: 1 first, then sizes that convolutions and pooling of common vision models accept.
+HINT_SIZES = (1, 64, 224)
+
+
+def shape_hint(model: onnx.ModelProto, dims: dict[str, list]) -> str:
+    """``pass --input-shapes a:[..] b:[..]`` for every input still dynamic, with sizes that onnx's
+    strict shape inference accepts for the whole model (batch 1; same-named dimensions equal), or,
+    where none of ``HINT_SIZES`` does, the dimension names to choose."""
+    dynamic = {n: d for n, d in dims.items() if any(not isinstance(x, int) or x <= 0 for x in d)}
+    for size in HINT_SIZES:
+        shapes = {n: [x if isinstance(x, int) and x > 0 else (1 if i == 0 else size) for i, x in enumerate(d)]
+                  for n, d in dynamic.items()}
+        if _infers(model, shapes):
+            text = " ".join(f"{n}:[{','.join(map(str, s))}]" for n, s in shapes.items())
+            return f"pass --input-shapes {text} (sizes other than the batch are a guess), or --load-inputs"
+    text = " ".join(f"{n}:[{','.join(str(x) if isinstance(x, int) and x > 0 else str(x or '?') for x in d)}]"
+                    for n, d in dynamic.items())
+    return f"pass --input-shapes with a size for each named dimension: {text}, or --load-inputs"
+
+
+def _infers(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> bool:
+    trial = onnx.ModelProto()
+    trial.CopyFrom(model)
+    for vi in trial.graph.input:
+        if vi.name in shapes:
+            vi.type.tensor_type.shape.ClearField("dim")
+            for d in shapes[vi.name]:
+                vi.type.tensor_type.shape.dim.add().dim_value = d
+    del trial.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(trial, strict_mode=True, data_prop=True)
+    except Exception:  # onnx raises InferenceError and others: this size does not fit
+        return False
+    return all(d.dim_value >= 0 for vi in inferred.graph.value_info
+               for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value"))
 
 
 def shapes_from_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, list[int]]:

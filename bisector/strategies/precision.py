@@ -104,7 +104,7 @@ class PrecisionStrategy(Strategy):
     def describe(self, keep) -> str:
         keep = self.in_order(keep)
         if not keep:
-            return f"keep none ({len(self.items)} nodes low)"
+            return f"keep none ({len(self.items)} node{'s' if len(self.items) != 1 else ''} low)"
         shown = ", ".join(self.label_of(x) for x in keep[:3]) + (", ..." if len(keep) > 3 else "")
         return f"keep {len(keep)}: {shown}"
 

@@ -71,7 +71,7 @@ class ReduceStrategy(Strategy):
         return Candidate(frozenset(items), label=label, phase=phase, kind="nodes")
 
     def endpoints(self) -> tuple[Candidate, Candidate | None]:
-        return self.cand(range(self.n), "endpoints", f"full model ({self.n} nodes)"), None
+        return self.cand(range(self.n), "endpoints", f"full model ({self.n} node{'s' if self.n != 1 else ''})"), None
 
     def cone(self, p: int) -> list[int]:
         """``p`` and all its ancestors, in topological order."""
