@@ -176,8 +176,8 @@ def judge(outputs: list[dict[str, np.ndarray]], references: list[dict[str, np.nd
           atol: float, rtol: float) -> Judgement:
     """Compare with bisector's comparator (elementwise atol/rtol, as ``--compare`` does) and fail on
     any non-finite value in the candidate."""
-    from bisector.comparator import compare_samples
-    from bisector.comparator_config import CompareConfig
+    from bisector.compare.comparator import compare_samples
+    from bisector.compare.config import CompareConfig
 
     config = CompareConfig.from_flags(atol=[repr(atol)], rtol=[repr(rtol)], validate=True)
     result = compare_samples(outputs, references, config)

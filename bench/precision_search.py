@@ -30,7 +30,7 @@ from bisector.artifacts.session import Session
 from bisector.backends.target import Target
 from bisector.checks.compare import CompareCheck
 from bisector.commands.precision import PrecisionOptions, setup
-from bisector.comparator_config import CompareConfig
+from bisector.compare.config import CompareConfig
 from bisector.engine import Engine
 from bisector.model.precision import lowerable_nodes, rewrite
 from bisector.strategies.base import ceil_log2

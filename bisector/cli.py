@@ -113,7 +113,7 @@ def check_writable(path: Optional[Path], model: Optional[Path] = None) -> None:
 
 
 def compare_config(c: CompareOptions):
-    from bisector.comparator_config import CompareConfig
+    from bisector.compare.config import CompareConfig
 
     return CompareConfig.from_flags(atol=c.atol, rtol=c.rtol, check_error_stat=c.check_error_stat,
                                     error_quantile=c.error_quantile, validate=c.validate)

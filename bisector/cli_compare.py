@@ -26,7 +26,7 @@ def compare(
     from bisector import cli
     from bisector.commands.compare import run_compare
     from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
-    from bisector.display import render_comparison
+    from bisector.compare.render import render_comparison
 
     target = cli.compare_target(cmp)
     if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":

@@ -15,8 +15,8 @@ import pytest
 
 from bisector import cli
 from bisector.backends.target import Target
-from bisector.comparator import compare_samples
-from bisector.comparator_config import CompareConfig
+from bisector.compare.comparator import compare_samples
+from bisector.compare.config import CompareConfig
 from bisector.data import generate_inputs
 from bisector.model.prepare import default_specs
 from fixtures import fixture_path

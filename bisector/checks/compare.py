@@ -5,7 +5,7 @@ reference outputs are the activations recorded from the full model (``artifact.r
 precision candidate's are the fp32 outputs computed at the start.
 
 Verdict: GOOD when every output of every sample is within tolerance (Polygraphy's rules, see
-``bisector.comparator``), BAD otherwise. The comparison goes into ``metrics`` (and the journal).
+``bisector.compare.comparator``), BAD otherwise. The comparison goes into ``metrics`` (and the journal).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 
 from bisector.backends.target import Target
 from bisector.checks.base import Artifact, CheckResult, Verdict
-from bisector.comparator import compare_samples
-from bisector.comparator_config import CompareConfig
+from bisector.compare.comparator import compare_samples
+from bisector.compare.config import CompareConfig
 
 
 class CompareCheck:

@@ -18,9 +18,9 @@ import onnx
 from bisector.backends.target import Target, run_reference
 from bisector.backends.trtexec_args import PRECISION_ALIASES
 from bisector.commands.candidates import loaded_samples, model_samples, sample_source
-from bisector.comparator import compare_samples
-from bisector.comparator_config import CompareConfig
-from bisector.comparator_results import SamplesComparison
+from bisector.compare.comparator import compare_samples
+from bisector.compare.config import CompareConfig
+from bisector.compare.results import SamplesComparison
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.graph import name_nodes, toposort

@@ -11,11 +11,11 @@ For each output, with target ``a`` and reference ``b`` (both upcast to float64):
   the output fails only if *both* exceed their tolerance. As in Polygraphy, a NaN difference makes
   its side fail (the reported statistics leave NaN out and count it separately).
 
-Defaults (``comparator_config.CompareConfig``): rtol = atol = 1e-5, stat ``elemwise``, quantile
+Defaults (``config.CompareConfig``): rtol = atol = 1e-5, stat ``elemwise``, quantile
 0.99, no ``validate``; tolerances and stat can be set per output (``--atol 1e-5 out0:1e-4``). A
 shape mismatch fails; an output missing on either side fails; with ``validate``, a NaN or Inf in
 the target fails. Unlike Polygraphy, names must match exactly and values are compared in float64
-(Polygraphy keeps float32). Results (``comparator_results``) go to JSON with ``to_json()``
+(Polygraphy keeps float32). Results (``results``) go to JSON with ``to_json()``
 (non-finite floats as ``"nan"``/``"inf"``/``"-inf"``) and back with ``from_json``.
 
 >>> c = compare_outputs({"y": np.array([1.0, 2.5])}, {"y": np.array([1.0, 2.0])})
@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bisector.comparator_config import CompareConfig
-from bisector.comparator_results import Comparison, Element, OutputComparison, SamplesComparison, short_number
+from bisector.compare.config import CompareConfig
+from bisector.compare.results import Comparison, Element, OutputComparison, SamplesComparison, short_number
 
 ZERO_EPSILON = 2.220446049250313e-16  # what Polygraphy adds to zeros in the reference
 WORST_COUNT = 5  # elements kept per output, most out-of-tolerance first

@@ -2,7 +2,7 @@
 
 Defaults are Polygraphy's (``polygraphy run``): rtol = atol = 1e-5, stat ``elemwise``, quantile
 0.99, no ``validate``. Tolerances and stat can be set per output (``--atol 1e-5 out0:1e-4``); the
-last ``:`` splits off the output name, so names may hold ``:``. ``bisector.comparator`` applies a
+last ``:`` splits off the output name, so names may hold ``:``. ``bisector.compare.comparator`` applies a
 config.
 
 >>> c = CompareConfig.from_flags(atol=["1e-3", "out0:1e-2"], check_error_stat="max")

@@ -1,4 +1,4 @@
-"""Rich rendering of comparison results (the only non-CLI module that imports rich).
+"""Rich rendering of comparison results (rich is imported only when a function is called).
 
 ``render_comparison`` takes an ``OutputComparison``, a ``Comparison`` (one sample) or a
 ``SamplesComparison`` and returns a renderable: one panel per output, green when it passed and
@@ -14,13 +14,15 @@ When everything passed, every output of sample 0 gets its panel.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from rich.console import Group, RenderableType
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from bisector.compare.results import Comparison, OutputComparison, SamplesComparison
 
-from bisector.comparator_results import Comparison, OutputComparison, SamplesComparison
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
 
 BAR_WIDTH = 30  # characters of the longest histogram bar
 STAT_ROWS = ("max", "mean", "median", "quantile")
@@ -29,6 +31,7 @@ PASS_STYLE, FAIL_STYLE, DIM_STYLE = "bold green", "bold red", "dim"
 
 def render_comparison(comparison: Comparison | SamplesComparison | OutputComparison) -> RenderableType:
     """A rich renderable for a comparison result (see the module docstring)."""
+    from rich.console import Group
     if isinstance(comparison, OutputComparison):
         return render_output(comparison)
     if isinstance(comparison, SamplesComparison):
@@ -45,6 +48,8 @@ def _outputs(comparison: Comparison) -> list[RenderableType]:
 
 
 def _render_samples(comparison: SamplesComparison) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
     parts: list[RenderableType] = [_verdict_line(comparison.passed, comparison.summary())]
     for sample in comparison.samples:
         if not sample.passed:
@@ -58,6 +63,7 @@ def _render_samples(comparison: SamplesComparison) -> RenderableType:
 
 
 def _verdict_line(passed: bool, text: str) -> Text:
+    from rich.text import Text
     label, rest = text.split(" ", 1) if text.startswith(("PASS", "FAIL")) else ("", text)
     line = Text()
     line.append(label or ("PASS" if passed else "FAIL"), PASS_STYLE if passed else FAIL_STYLE)
@@ -66,6 +72,9 @@ def _verdict_line(passed: bool, text: str) -> Text:
 
 def render_output(out: OutputComparison) -> Panel:
     """One output's panel: header, statistics table, histogram and worst elements."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
     style = "green" if out.passed else "red"
     title = Text.assemble((("PASS " if out.passed else "FAIL "), f"bold {style}"), (out.name, "bold"))
     body: list[RenderableType] = [_header(out)]
@@ -89,6 +98,7 @@ def _num(x: float | int | bool | str | None) -> str:
 
 
 def _header(out: OutputComparison) -> Text:
+    from rich.text import Text
     def side(shape, dtype):
         return "missing" if shape is None else f"{dtype}{list(shape)}"
 
@@ -105,6 +115,8 @@ def _header(out: OutputComparison) -> Text:
 
 
 def _stats_table(out: OutputComparison) -> Table:
+    from rich.table import Table
+    from rich.text import Text
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for column, justify in (("", "left"), ("abs error", "right"), ("rel error", "right"), ("", "left")):
         table.add_column(column, justify=justify)
@@ -138,6 +150,8 @@ def _bin_label(lo: float, hi: float) -> str:
 
 def _histogram(out: OutputComparison) -> Table:
     """Bars of absolute error per decade; bins above atol in red."""
+    from rich.table import Table
+    from rich.text import Text
     bins = [(b["lo"], b["hi"], int(b["count"])) for b in out.histogram]
     if out.abs_nan:
         bins.append((math.nan, math.nan, out.abs_nan))
@@ -155,6 +169,8 @@ def _histogram(out: OutputComparison) -> Table:
 
 
 def _worst_table(out: OutputComparison) -> Table:
+    from rich.table import Table
+    from rich.text import Text
     table = Table(title="worst elements", title_justify="left", title_style="bold", box=None,
                   pad_edge=False, show_edge=False, header_style="bold")
     for column in ("index", "target", "reference", "abs", "rel", ""):

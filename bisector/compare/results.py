@@ -3,7 +3,7 @@
 
 Non-finite floats go to JSON as ``"nan"``/``"inf"``/``"-inf"`` (the journal stays strict JSON) and
 come back as floats, except in the text fields (``_TEXT_FIELDS``: name, reason, dtypes, ...).
-``bisector.comparator`` computes these results; ``bisector.display`` renders them.
+``bisector.compare.comparator`` computes these results; ``bisector.compare.render`` renders them.
 
 >>> c = Comparison([OutputComparison("y", passed=True)], passed=True)
 >>> Comparison.from_json(c.to_json()) == c
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bisector.comparator_config import DEFAULT_ATOL, DEFAULT_QUANTILE, DEFAULT_RTOL, DEFAULT_STAT
+from bisector.compare.config import DEFAULT_ATOL, DEFAULT_QUANTILE, DEFAULT_RTOL, DEFAULT_STAT
 
 _TEXT_FIELDS = {"name", "reason", "stat", "missing", "target_dtype", "reference_dtype"}
 

@@ -1,4 +1,4 @@
-"""bisector.comparator (with its config and results modules) and bisector.display on real arrays, checked against hand-computed values and
+"""bisector.compare.comparator (with its config and results modules) and bisector.compare.render on real arrays, checked against hand-computed values and
 against Polygraphy's own comparator."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from bisector.comparator import ZERO_EPSILON, compare_outputs, compare_samples
-from bisector.comparator_config import CompareConfig, parse_tolerances
-from bisector.comparator_results import Comparison, OutputComparison, SamplesComparison
-from bisector.display import render_comparison
+from bisector.compare.comparator import ZERO_EPSILON, compare_outputs, compare_samples
+from bisector.compare.config import CompareConfig, parse_tolerances
+from bisector.compare.results import Comparison, OutputComparison, SamplesComparison
+from bisector.compare.render import render_comparison
 from bisector.errors import UserError
 
 
