@@ -120,7 +120,7 @@ class Engine:
         self.check = check
         self.session = session
         self.jobs = max(1, jobs)
-        if self.jobs > 1 and not getattr(getattr(check, "inner", check), "parallel", True):
+        if self.jobs > 1 and not check.parallel:
             log.warning("-j %d ignored: a person answers one question at a time, only about what the search "
                         "needs (no speculation); running with -j 1", self.jobs)
             self.jobs = 1
@@ -218,12 +218,10 @@ class Engine:
         os._exit(130)
 
     def _terminate_checks(self) -> None:
-        terminate = getattr(self.check, "terminate", None)
-        if terminate:
-            try:
-                terminate()
-            except Exception:
-                log.debug("terminate failed", exc_info=True)
+        try:
+            self.check.terminate()
+        except Exception:
+            log.debug("terminate failed", exc_info=True)
 
     def _abandon(self) -> None:
         """Stop the checks in flight; their verdicts are not journaled (resume re-runs them)."""
@@ -241,9 +239,8 @@ class Engine:
             if fut.cancel():  # never started
                 del self._running[fp]
         self._search_over = True  # from now on a check that has not started its run never does
-        cancel = getattr(self.check, "cancel", None)
-        while cancel is not None and not all(fut.done() for fut in self._running.values()):
-            cancel()  # again until all are done: a worker may start its command after a call
+        while self.check.cancellable and not all(fut.done() for fut in self._running.values()):
+            self.check.cancel()  # again until all are done: a worker may start its command after a call
             wait(list(self._running.values()), timeout=CANCEL_POLL_S)
         wait(list(self._running.values()))
         for fp, fut in list(self._running.items()):
@@ -303,18 +300,17 @@ class Engine:
     def _drop(self, wanted: set[str]) -> None:
         """Speculation the search no longer wants: unstarted checks are cancelled, running ones
         killed where the check can cancel one run (their slot comes free; nothing is journaled)."""
-        cancel = getattr(self.check, "cancel", None)
         for other, fut in list(self._running.items()):
             if other in wanted or other in self._dropped:
                 continue
             if fut.cancel():
                 del self._running[other]
-            elif cancel is not None:
+            elif self.check.cancellable:
                 self._dropped.add(other)
                 with self._lock:
                     started = self._started.get(other)
                 if started is not None:
-                    cancel(started[1])
+                    self.check.cancel(started[1])
 
     def _speculate(self, guesses: list[tuple[Candidate, str]]) -> None:
         """Start guesses, in the strategy's order, while fewer than ``jobs`` wanted checks run."""
@@ -398,11 +394,10 @@ class Engine:
                                         self.art_dir)
         if not self.keep_intermediate:
             _remove_intermediate(artifact)
-        show = getattr(self.check, "should_show", None)
         self.emit("verdict", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
                   size=cand.size, verdict=result.verdict.value, duration_s=round(result.duration_s, 3),
                   speculative=speculative, note=result.note, exit_code=result.exit_code,
-                  output=result.output if (show and show(result)) else "", workdir=str(artifact.workdir),
+                  output=result.output if self.check.should_show(result) else "", workdir=str(artifact.workdir),
                   **self._progress())
 
 

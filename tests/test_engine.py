@@ -20,7 +20,7 @@ import pytest
 
 from bisector.artifacts.journal import JOURNAL_NAME, read
 from bisector.artifacts.session import Session
-from bisector.checks.base import Artifact, Verdict
+from bisector.checks.base import Artifact, Check, Verdict
 from bisector.checks.command import CommandCheck
 from bisector.engine import EndpointError, Engine
 from bisector.errors import UserError
@@ -314,11 +314,14 @@ def test_a_guess_the_search_no_longer_wants_is_killed_and_its_slot_reused(tmp_pa
     assert [e["label"] for e in events if e["event"] == "dropped"] == ["g1"]
 
 
-class Uncancellable:
-    """A check with no ``cancel()``: its speculation runs to the end."""
+class Uncancellable(Check):
+    """A check that cannot cancel (``cancellable`` is False): its speculation runs to the end."""
 
     def __init__(self, inner):
-        self.run = inner.run
+        self._inner = inner
+
+    def run(self, artifact):
+        return self._inner.run(artifact)
 
 
 def test_speculation_that_cannot_be_cancelled_is_journaled_when_it_finishes(tmp_path):

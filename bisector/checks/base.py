@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 
 class Verdict(str, enum.Enum):
@@ -90,14 +91,45 @@ class Artifact:
     extra_env: dict[str, str] = field(default_factory=dict)  # per-worker, e.g. CUDA_VISIBLE_DEVICES
 
 
-class Check(Protocol):
-    """Anything with ``run(artifact) -> CheckResult``.
+class Check(ABC):
+    """An artifact in, a :class:`CheckResult` out: subclass it and write :meth:`run`.
 
     A check raises ``bisector.errors.UserError`` for a problem the user must fix (the command
     does not exist) and ``bisector.errors.SessionAborted`` to stop the session on purpose.
-    Optional: ``parallel = False`` if it must not run two at once or on speculative candidates
-    (a person answering), ``terminate()`` to stop everything for good (Ctrl-C), ``cancel()`` to
-    stop only the runs in progress (speculation the search no longer needs).
+    Every other capability the engine uses is declared here with its default; a check overrides
+    only what it has:
+
+    - ``parallel`` (True): False if it must not run two at once or on speculative candidates
+      (a person answering); the engine then runs with ``-j 1``.
+    - ``cancellable`` (False) with :meth:`cancel`: True if :meth:`cancel` can stop runs in
+      progress (speculation the search no longer needs). A check that cannot is let run to its
+      end and its verdict is journaled.
+    - :meth:`terminate`: stop everything for good (Ctrl-C); later runs raise ``SessionAborted``.
+    - :meth:`should_show`: whether a result's output goes with its verdict to the console.
+    - ``inner``: the check a wrapper (``RepeatCheck``) runs; the check itself otherwise.
+
+    A wrapper forwards every capability to its inner check.
     """
 
-    def run(self, artifact: Artifact) -> CheckResult: ...
+    parallel: bool = True
+    cancellable: bool = False
+
+    @abstractmethod
+    def run(self, artifact: Artifact) -> CheckResult:
+        """Check one artifact (may be called from several threads at once when ``parallel``)."""
+
+    def cancel(self, workdir: Path | None = None) -> None:
+        """Stop the runs in progress, or only the one in ``workdir``; their ``run`` raises
+        ``SessionAborted``. Default: nothing to stop (``cancellable`` is False)."""
+
+    def terminate(self) -> None:
+        """Stop every run in progress and refuse later ones. Default: nothing to stop."""
+
+    def should_show(self, result: CheckResult) -> bool:
+        """Whether ``result.output`` is shown with its verdict. Default: never."""
+        return False
+
+    @property
+    def inner(self) -> "Check":
+        """The check that decides (a wrapper's inner check); the check itself by default."""
+        return self

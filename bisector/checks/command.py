@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.process_group import (adopt_orphans, die_with_parent, kill_group, remove_record, signal_group,
                                             write_record)
 from bisector.checks.verdict_rules import SKIP_EXIT_CODE, VerdictRules, decide
@@ -61,7 +61,7 @@ def validate_command(argv: list[str], env: dict[str, str] | None = None) -> str:
     return found
 
 
-class CommandCheck:
+class CommandCheck(Check):
     """Run ``argv`` (no shell) in the artifact's workdir; decide with :class:`VerdictRules`.
 
     - ``argv`` placeholders ``{artifact}``, ``{inputs}``, ``{iteration}``, ``{session}`` are
@@ -90,6 +90,8 @@ class CommandCheck:
     - ``show_output`` / ``hide_fail_output`` are Polygraphy's ``--show-output`` /
       ``--hide-fail-output``; :meth:`should_show` applies them, the CLI prints.
     """
+
+    cancellable = True
 
     def __init__(
         self,

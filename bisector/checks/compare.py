@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 
 from bisector.backends.target import Target
-from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.compare.comparator import compare_samples
 from bisector.compare.config import CompareConfig
 
 
-class CompareCheck:
+class CompareCheck(Check):
     def __init__(self, target: Target, config: CompareConfig | None = None):
         self.target = target
         self.config = config or CompareConfig()
@@ -35,9 +35,6 @@ class CompareCheck:
         return CheckResult(verdict=verdict, output=cmp.summary(), duration_s=time.monotonic() - start,
                            note="" if cmp.passed else cmp.summary(),  # shown beside the verdict, kept in the report
                            metrics={"worst_output": worst, "target": self.target.describe()})
-
-    def should_show(self, result: CheckResult) -> bool:
-        return False
 
 
 def _worst_output(cmp) -> str | None:

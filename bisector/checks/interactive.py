@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TextIO
 
-from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.errors import SessionAborted
 
 ANSWERS = {"g": Verdict.GOOD, "p": Verdict.GOOD, "b": Verdict.BAD, "f": Verdict.BAD, "s": Verdict.SKIP}
@@ -31,7 +31,7 @@ NOTE = "answered by hand"
 QUIT_MESSAGE = "quit at the prompt"
 
 
-class InteractiveCheck:
+class InteractiveCheck(Check):
     """Ask a person. Streams are injectable: tests drive it with ``io.StringIO``.
 
     Questions are serialized (one prompt at a time, even if the engine runs checks in threads).

@@ -38,7 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.command import CHECK_LOG_NAME, DEFAULT_TAIL_CHARS, ON_FAILURE_CHOICES
 from bisector.errors import SessionAborted, UserError
 
@@ -49,7 +49,7 @@ SCRIPT_MODULE_PREFIX = "bisector_check_script_"  # sys.modules name of a loaded 
 RETURN_HINT = "return True (good), False (bad), 'skip', a Verdict or a CheckResult"
 
 
-class PythonCheck:
+class PythonCheck(Check):
     """Call ``func(artifact_path[, artifact])`` and turn what it returns into a verdict.
 
     Build one with :meth:`from_spec` (``"package.module:function"``) or :meth:`from_script`

@@ -72,11 +72,12 @@ def _combine_counts(good: int, bad: int, vote: str) -> Verdict:
     return Verdict.BAD if failed else Verdict.GOOD
 
 
-class RepeatCheck:
+class RepeatCheck(Check):
     """Run ``inner`` up to ``repeat`` times on the same artifact and vote.
 
     ``UserError`` and ``SessionAborted`` from the inner check stop the repetition and pass
-    through. :meth:`terminate` forwards to the inner check and refuses further runs.
+    through. Every capability (``parallel``, ``cancel``, ``should_show``, ...) is the inner
+    check's; :meth:`terminate` also refuses further runs.
     """
 
     def __init__(self, inner: Check, repeat: int = 3, vote: str = "any", stop_early: bool = True):
@@ -84,29 +85,35 @@ class RepeatCheck:
             raise UserError(f"--repeat {repeat}: expected at least 1")
         if vote not in VOTES:
             raise UserError(f"--vote {vote!r}: expected one of {', '.join(VOTES)}")
-        self.inner = inner
+        self._inner = inner
         self.repeat = repeat
         self.vote = vote
         self.stop_early = stop_early
         self._terminated = threading.Event()
 
+    @property
+    def inner(self) -> Check:
+        """The check repeated."""
+        return self._inner
+
+    @property
+    def parallel(self) -> bool:  # type: ignore[override]
+        return self._inner.parallel
+
+    @property
+    def cancellable(self) -> bool:  # type: ignore[override]
+        return self._inner.cancellable
+
     def terminate(self) -> None:
         self._terminated.set()
-        inner_terminate = getattr(self.inner, "terminate", None)
-        if inner_terminate is not None:
-            inner_terminate()
+        self._inner.terminate()
 
-    def cancel(self, workdir=None) -> None:
-        inner_cancel = getattr(self.inner, "cancel", None)
-        if inner_cancel is not None:
-            inner_cancel(workdir)
+    def cancel(self, workdir: Path | None = None) -> None:
+        self._inner.cancel(workdir)
 
     def should_show(self, result: CheckResult) -> bool:
-        """The inner check's rule if it has one, else: show output for non-good verdicts."""
-        inner_should_show = getattr(self.inner, "should_show", None)
-        if inner_should_show is not None:
-            return inner_should_show(result)
-        return result.verdict is not Verdict.GOOD
+        """The inner check's rule."""
+        return self._inner.should_show(result)
 
     def run(self, artifact: Artifact) -> CheckResult:
         """Run the inner check up to ``repeat`` times; return the combined, voted result."""
@@ -116,7 +123,7 @@ class RepeatCheck:
             if self._terminated.is_set():
                 raise SessionAborted("the check was terminated")
             before = _stamp(log_path)
-            results.append(self.inner.run(artifact))
+            results.append(self._inner.run(artifact))
             after = _stamp(log_path)
             if after is not None and after != before:
                 os.replace(log_path, log_path.with_name(RUN_LOG_NAME.format(i=i)))

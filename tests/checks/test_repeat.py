@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.command import CommandCheck
 from bisector.checks.repeat import VOTES, RepeatCheck, combine, settled
 from bisector.errors import SessionAborted, UserError
@@ -18,8 +18,8 @@ SCRIPTS = Path(__file__).parent / "scripts"
 G, B, S = Verdict.GOOD, Verdict.BAD, Verdict.SKIP
 
 
-class Scripted:
-    """A check that answers from a list, in order (a plain Check, no process)."""
+class Scripted(Check):
+    """A check that answers from a list, in order (no process)."""
 
     def __init__(self, verdicts, error: Exception | None = None):
         self.verdicts = list(verdicts)
