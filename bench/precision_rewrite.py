@@ -1,5 +1,6 @@
 """Time the precision rewrite on a 1,000-node model, against onnxconverter-common.
 
+    .venv/bin/pip install -e '.[bench]'   # onnxconverter-common (without it, only bisector's rows)
     .venv/bin/python bench/precision_rewrite.py [--nodes 1000] [--repeat 5]
 
 A chain of (MatMul 64x64, Add, Relu, Mul) blocks with embedded weights; every 7th MatMul kept in
@@ -20,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bisector.model.precision import lowerable_nodes, rewrite
 
 TARGET_MS = 200  # the issue's budget for one rewrite (one per check)
+INSTALL_HINT = ".venv/bin/pip install -e '.[bench]'"  # onnxconverter-common, for the comparison row
 
 
 def chain_model(nodes: int = 1000, width: int = 64, seed: int = 0) -> onnx.ModelProto:
@@ -67,7 +69,7 @@ def main() -> None:
     try:
         from onnxconverter_common import float16
     except ImportError:
-        print("| onnxconverter-common | not installed |")
+        print(f"| onnxconverter-common | not installed: {INSTALL_HINT} |")
         return
     warnings.simplefilter("ignore")
     ms = best(lambda: float16.convert_float_to_float16(

@@ -200,15 +200,3 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
             p.unlink()
     tmp.rename(root)
     return ActivationStore(root)
-
-
-def run_all_tensors(model: onnx.ModelProto, samples, weights_dir: Path | None = None) -> dict[str, np.ndarray]:
-    """Every tensor's value for the first sample, in memory (for shape fallback on small models)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        m = _with_outputs(model, intermediate_tensors(model))
-        path = mio.save(m, Path(d) / "all.onnx", weights_from=weights_dir)
-        rt = OnnxRuntime("cpu")
-        out = rt.run(path, samples[:1])[0]
-    return {**samples[0], **out}

@@ -1,5 +1,5 @@
 """Freeze input shapes (Polygraphy's ``--input-shapes x:[1,3,224,224] y:[4]``) and infer the
-shapes of every tensor, with a fallback that runs onnxruntime.
+shapes of every tensor with onnx's shape inference.
 
 Example::
 
@@ -184,21 +184,13 @@ def shapes_from_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, list[
     return {name: list(np.shape(arr)) for name, arr in samples[0].items()}
 
 
-def infer_shapes(model: onnx.ModelProto, *, fallback: bool = False, feeds=None) -> dict[str, tuple[np.dtype, tuple]]:
-    """``{tensor: (dtype, shape)}`` for every tensor onnx's shape inference can type.
-
-    With ``fallback=True`` (Polygraphy's ``--force-fallback-shape-inference``) the model is run on
-    onnxruntime with every tensor as an output, which always gives concrete shapes.
-    """
-    if fallback:
-        from bisector.backends.record import run_all_tensors
-
-        values = run_all_tensors(model, feeds)
-        return {k: (v.dtype, tuple(v.shape)) for k, v in values.items()}
+def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, tuple]]:
+    """``{tensor: (dtype, shape)}`` for every tensor onnx's shape inference can type (``{}`` if
+    it fails: the shapes of cut tensors come from a real onnxruntime run anyway)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
-        log.warning("onnx shape inference failed (%s); use --force-fallback-shape-inference", exc)
+        log.warning("onnx shape inference failed (%s)", exc)
         return {}
     out = {}
     g = inferred.graph

@@ -8,7 +8,6 @@ from bisector.backends.record import intermediate_tensors, record_activations
 from bisector.backends.reference import ReferenceBackend
 from bisector.errors import UserError
 from bisector.model import io as mio
-from bisector.model.shapes import infer_shapes
 from fixtures.models import make_chain, make_control_flow, make_convnet
 
 
@@ -64,9 +63,3 @@ def test_recording_a_model_with_if_and_loop(tmp_path):
     store = record_activations(model, None, samples, tmp_path / "act")
     assert "if1_out" in store and "loop1_out" in store
 
-
-def test_shape_inference_fallback_runs_onnxruntime():
-    model = make_chain()
-    shapes = infer_shapes(model, fallback=True, feeds=_samples(1))
-    assert shapes["y"][1] == (1, 10) or shapes["y"][1][0] == 1
-    assert all(n in shapes for n in intermediate_tensors(model))
