@@ -11,6 +11,7 @@ Edits read like sentences and return the model they changed::
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 FOLD_SIZE_THRESHOLD_BYTES = 1 << 20
 # Ops that hold a subgraph; reduce keeps them whole, as single nodes.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+
+
+def op_types(path: str | os.PathLike) -> list[str]:
+    """The op type of every top-level node of the model file at ``path``, in graph order (its
+    weights are not read)."""
+    return [node.op_type for node in onnx.load(os.fspath(path), load_external_data=False).graph.node]
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
