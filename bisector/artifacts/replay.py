@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from bisector.artifacts.journal import JOURNAL_NAME, Entry, Journal
 from bisector.artifacts.session import default_dir, load_meta, set_command
 from bisector.checks.base import Verdict
@@ -267,8 +265,10 @@ def import_polygraphy_replay(session, strategy, materializer, path: Path) -> tup
 def _import_by_size(session, strategy, materializer, steps: list[ReplayStep], known) -> tuple[int, str]:
     source = getattr(getattr(materializer, "prepared", None), "source", None)
     if source is not None:
-        original = onnx.load(str(source), load_external_data=False).graph.node
-        if len(original) != strategy.n or any(node.op_type == "Constant" for node in original):
+        from bisector.model.graph import op_types
+
+        original = op_types(source)
+        if len(original) != strategy.n or "Constant" in original:
             return 0, (f"bisector's graph ({strategy.n} nodes after folding constants) is not the one Polygraphy "
                        f"reduced ({len(original)} nodes): its verdicts cannot be matched to candidates and are "
                        f"checked again")
