@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bisector.model.precision import lowerable_nodes, rewrite
+from bisector.model.precision import PRECISIONS, REALIZE_MODES, lowerable_nodes, rewrite
 
 TARGET_MS = 200  # the budget for one rewrite (one per check)
 INSTALL_HINT = ".venv/bin/pip install -e '.[bench]'"  # onnxconverter-common, for the comparison row
@@ -62,8 +62,8 @@ def main() -> None:
           f"best of {args.repeat}; target < {TARGET_MS} ms\n")
     print("| rewrite | ms |")
     print("|---|---|")
-    for realize in ("true", "emulate"):
-        for precision in ("fp16", "bf16"):
+    for realize in REALIZE_MODES:
+        for precision in PRECISIONS:
             ms = best(lambda: rewrite(model, precision, keep, realize), args.repeat)
             print(f"| bisector {precision}/{realize} | {ms:.1f} |")
     try:

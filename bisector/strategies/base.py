@@ -29,6 +29,8 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 
 from bisector.checks.base import Verdict
 
+# The search modes of reduce and precision: Polygraphy's --mode (bisect, linear), and auto.
+MODES = ("auto", "bisect", "linear")
 DEFAULT_LOOKAHEAD = 2  # guesses per ask when no engine says how many checks run at once
 
 

@@ -44,9 +44,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from bisector.checks.base import Verdict
-from bisector.strategies.base import Candidate, Search, Strategy, bisect, ceil_log2
+from bisector.strategies.base import MODES, Candidate, Search, Strategy, bisect, ceil_log2
 
-MODES = ("auto", "bisect", "linear")
 DIRECTIONS = ("forward", "reverse")
 # Dense switch: the last DENSE_ROUNDS rounds settled at most one binary search's worth of items per
 # culprit; and only while the culprits found are at most this many times ceil(log2 N) (keeps the

@@ -28,9 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from bisector.checks.base import Verdict
-from bisector.strategies.base import Candidate, Search, Strategy, bisect, ddmin
+from bisector.strategies.base import MODES, Candidate, Search, Strategy, bisect, ddmin
 
-MODES = ("auto", "bisect", "linear")
 SPAN_GAPS_SHOWN = 3  # nodes named in a label for what a candidate leaves out between its ends
 
 
