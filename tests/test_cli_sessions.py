@@ -223,8 +223,8 @@ def test_reduce_report_and_event_stream(tmp_path, chain_model):
 
     events = [json.loads(ln) for ln in (tmp_path / "ev.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "done"
-    assert set(kinds) <= {"start", "check-start", "verdict", "cached", "done"}
+    assert kinds[:3] == ["session", "plan", "start"] and kinds[-1] == "done"  # the runner's, then the engine's
+    assert set(kinds) <= {"session", "plan", "start", "check-start", "verdict", "cached", "done"}
     assert kinds.count("check-start") == kinds.count("verdict") == r["checks"]
     for e in events:
         assert isinstance(e["time"], float)

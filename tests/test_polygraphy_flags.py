@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bisector.cli import main
-from bisector.cli_polygraphy import take_polygraphy_flags
+from bisector.cli.polygraphy import take_polygraphy_flags
 from bisector.data import save_inputs
 from bisector.errors import UserError
 from fixtures import fixture_path
@@ -150,15 +150,15 @@ def test_every_flag_of_polygraphy_debug_is_taken(subtool):
 
     import typer.main
 
-    from bisector import cli
-    from bisector.cli_polygraphy import NO_EFFECT, REFUSED
+    from bisector.cli.app import app
+    from bisector.cli.polygraphy import NO_EFFECT, REFUSED
     from polygraphy.tools.debug.subtool.precision import Precision
     from polygraphy.tools.debug.subtool.reduce import Reduce
 
     tool = {"reduce": Reduce, "precision": Precision}[subtool]()
     sub = argparse.ArgumentParser().add_subparsers()
     tool.setup_parser(sub)
-    command = typer.main.get_command(cli.app).commands[subtool]
+    command = typer.main.get_command(app).commands[subtool]
     ours = {o for p in command.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
     ours |= {"-h", "--help", "--check", "--check-inference", "--model-type", "-v", "--verbose", "--verbosity",
              "--silent", "--log-file"}
@@ -176,7 +176,7 @@ def test_every_flag_of_polygraphy_debug_is_taken(subtool):
 
 
 def test_flags_with_attached_values_end_a_value_list():
-    from bisector.cli_options import split_argv
+    from bisector.cli.options import split_argv
 
     assert split_argv(["compare", "--load-inputs", "a.json", "b.json", "-vv", "m.onnx"])[0] == \
         ["compare", "--load-inputs", "a.json", "--load-inputs", "b.json", "-vv", "m.onnx"]

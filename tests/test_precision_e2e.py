@@ -26,16 +26,7 @@ TOL = ["--atol", "1e-2", "--rtol", "1e-2"]
 CONFIG = CompareConfig.from_flags(atol=["1e-2"], rtol=["1e-2"])
 
 
-def _register() -> None:
-    """cli.py registers the command; until it does, register it here (once)."""
-    if not any(c.name == "precision" for c in cli.app.registered_commands):
-        from bisector.cli_precision import precision
-
-        cli.app.command(name="precision")(precision)
-
-
 def precision(tmp_path: Path, model: Path, *extra: str, check: list[str] | None = None) -> tuple[int, dict]:
-    _register()
     session = tmp_path / "session"
     argv = ["precision", str(model), "--session", str(session), "-q", "-o", str(tmp_path / "mixed.onnx"), *extra]
     if check is not None:
@@ -139,8 +130,8 @@ def test_command_check_gets_the_realized_model_under_polygraphys_name(tmp_path):
     (["./my_check.sh"], "true"),
 ])
 def test_the_default_realization_follows_the_check(argv, expected):
-    from bisector.cli_options import CompareOptions
-    from bisector.cli_precision import default_realize
+    from bisector.cli.options import CompareOptions
+    from bisector.cli.precision import default_realize
 
     assert default_realize(CompareOptions(), argv)[0] == expected
     assert default_realize(CompareOptions(compare=True), None)[0] == "emulate"

@@ -189,10 +189,6 @@ def test_an_inexpressible_kept_layer_leaves_the_answer_and_says_why(tmp_path):
 
 # ---------------------------------------------------------------- the CLI
 def _precision(tmp_path: Path, *extra: str, model: Path | None = None) -> int:
-    if not any(c.name == "precision" for c in cli.app.registered_commands):
-        from bisector.cli_precision import precision
-
-        cli.app.command(name="precision")(precision)
     model = model or fixture_path("fp16_overflow_1")
     argv = ["precision", str(model), "--session", str(tmp_path / "session"), "-q", *extra]
     return cli.main(argv, exit=False)

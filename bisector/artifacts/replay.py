@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bisector.artifacts.journal import JOURNAL_NAME, Entry, Journal
-from bisector.artifacts.session import default_dir, load_meta, set_command
+from bisector.artifacts.session import load_meta
 from bisector.checks.base import Verdict
 from bisector.errors import UserError
 
@@ -90,117 +90,21 @@ def log_is_foreign(logfile: Path) -> str | None:
     return foreign(Path(named), meta)
 
 
-def seed_session(logfile: Path, session: Path | None, output: Path | None = None) -> tuple[list[str], list[str]]:
-    """Create a session whose journal holds the log's verdicts; return the argv that continues it
-    (its answer goes to the new session's ``result/``, or to ``output``) and what was redirected."""
-    import os
-
-    command, cwd, verdicts = parse_log(logfile)
-    root = Path(session).absolute() if session else default_dir()
+def seed_journal(root: Path, verdicts: list[tuple[Verdict, str, str, str]]) -> Path:
+    """Create the session directory ``root`` with a journal holding the log's verdicts (taken as
+    given: source ``replay``); the command that continues it is the caller's."""
+    root = Path(root).absolute()
     if (root / "session.json").exists() or (root / JOURNAL_NAME).exists():
         raise UserError(f"{root} already holds a session", hint="replay into a new --session directory")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {root}: {exc.strerror}") from None
     journal = Journal(root / JOURNAL_NAME)
     for verdict, fp, label, phase in verdicts:
         journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, phase=phase,
                              source="replay"))
-    argv = with_session(list(command[1:]), str(root.resolve()))
-    argv, said = redirect_outputs(argv, root.resolve(), output)
-    set_command(argv)  # the new session records the command it runs, so that resume runs it again
-    if cwd and Path(cwd).is_dir():
-        os.chdir(cwd)
-    return argv, said
-
-
-def with_session(argv: list[str], root: str) -> list[str]:
-    """``argv`` with its ``--session`` (bisector's, before ``--check``) set to ``root``; the check
-    command after ``--check`` is never touched, even if it has a ``--session`` of its own."""
-    return set_flag(argv, ("--session",), root)
-
-
-def set_flag(argv: list[str], names: tuple[str, ...], value: str) -> list[str]:
-    """``argv`` with bisector's flag ``names`` (``-o``/``--output``: any spelling of one flag) set to
-    ``value``, added before ``--check`` if it is not there; the check command is never touched."""
-    end = _check_start(argv)
-    head, tail = list(argv[:end]), argv[end:]
-    found = _locate(head, names)
-    if found is None:
-        return head + [names[-1], value] + tail
-    i, form = found
-    if form == "next":
-        head[i + 1] = value
-    elif form == "=":
-        head[i] = f"{head[i].partition('=')[0]}={value}"
-    else:  # -oVALUE
-        head[i] = f"{head[i][:2]}{value}"
-    return head + tail
-
-
-def get_flag(argv: list[str], names: tuple[str, ...]) -> str | None:
-    """The value of bisector's flag ``names`` in ``argv`` (before ``--check``), or None."""
-    head = argv[:_check_start(argv)]
-    found = _locate(head, names)
-    if found is None:
-        return None
-    i, form = found
-    return head[i + 1] if form == "next" else head[i].partition("=")[2] if form == "=" else head[i][2:]
-
-
-def _locate(head: list[str], names: tuple[str, ...]) -> tuple[int, str] | None:
-    """Where flag ``names`` is in ``head`` and how its value is written: ``next`` (``-o x``), ``=``
-    (``--output=x``) or ``attached`` (``-ox``); None if it is not there."""
-    for i, arg in enumerate(head):
-        if arg in names and i + 1 < len(head):
-            return i, "next"
-        name, eq, _ = arg.partition("=")
-        if eq and name in names:
-            return i, "="
-        if len(arg) > 2 and not arg.startswith("--") and arg[:2] in names:
-            return i, "attached"
-    return None
-
-
-def _check_start(argv: list[str]) -> int:
-    """Where the check command starts (its ``--check``/``--check-inference``), or the end."""
-    return next((i for i, a in enumerate(argv) if a in ("--check", "--check-inference")), len(argv))
-
-
-# What a command writes besides its session, and where a replay writes it instead (in its result/).
-OUTPUT_FLAGS = (("-o", "--output"), ("--min-good", "--minimal-good"), ("--save-inputs",), ("--events",),
-                ("--log-file",), ("--art-dir", "--artifacts-dir"))
-
-
-ITER_INFO_FLAGS = ("--iter-info", "--iteration-info")
-
-
-def redirect_outputs(argv: list[str], root: Path, output: Path | None) -> tuple[list[str], list[str]]:
-    """A replayed session writes its answer and its other files into its own ``result/`` (the answer
-    to ``output`` if given), never over or onto the files the original command wrote: returns the
-    new argv and a line per moved flag."""
-    said, taken = [], set()
-    for names in OUTPUT_FLAGS:
-        old = get_flag(argv, names)
-        if names[0] == "-o" and output is not None:
-            new = str(Path(output).absolute())
-        elif old is not None:
-            name = Path(old).name
-            while str(root / "result" / name) in taken:  # -o a/x.onnx --min-good b/x.onnx
-                name = f"{names[-1].lstrip('-')}_{name}"
-            new = str(root / "result" / name)
-        else:
-            continue
-        taken.add(new)
-        argv = set_flag(argv, names, new)
-        said.append(f"{names[-1]}: {new}" + (f" (the original command wrote {old})" if old and old != new else ""))
-    info = get_flag(argv, ITER_INFO_FLAGS)
-    if info is not None and Path(info).is_absolute():  # relative: written in each iteration directory
-        argv = set_flag(argv, ITER_INFO_FLAGS, Path(info).name)
-        said.append(f"{ITER_INFO_FLAGS[0]}: {Path(info).name} in each iteration directory (the original command "
-                    f"wrote {info})")
-    return argv, said
+    return root
 
 
 def read_polygraphy_replay(path: Path) -> list[Verdict]:

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -91,12 +90,12 @@ class Session:
     # -- creation and resume ----------------------------------------------------------------
     @classmethod
     def open(cls, root: Path | None, *, command: list[str], strategy: str, params: dict[str, Any],
-             model: dict[str, Any] | None) -> "Session":
+             model: dict[str, Any] | None, spec: dict[str, Any] | None = None) -> "Session":
         """Create ``root`` (or a new timestamped directory), or reopen it if it holds the same
-        session. Refuses, naming the difference, if the model or the parameters changed."""
-        global _opened
+        session. Refuses, naming the difference, if the model or the parameters changed. ``spec``
+        (the command, check and run options as JSON; see ``bisector.api``) is what resume rebuilds
+        the session's command from; ``command`` is the command line, for people."""
         root = Path(root).absolute() if root else default_dir()  # checks run elsewhere: paths must hold there
-        _opened = root
         meta_path = root / "session.json"
         own_dir = not root.exists()
         try:
@@ -113,11 +112,15 @@ class Session:
                     raise UserError(f"{root} holds a different session: {diff}",
                                     hint="use a new --session directory, or the original command")
                 if not diff:
+                    if spec is not None and meta.get("spec") != spec:  # same search, other run options or outputs
+                        meta["spec"] = spec
+                        _write_json_atomic(meta_path, meta)
                     return cls(root, meta, lock)
                 own_dir = True  # _start_over empties only a directory bisector made
             meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
                     "model": model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cwd": os.getcwd(),
-                    "host": socket.gethostname(), "uid": _uid(), "versions": _versions(), "own_dir": own_dir}
+                    "host": socket.gethostname(), "uid": _uid(), "versions": _versions(), "own_dir": own_dir,
+                    "spec": spec}
             try:
                 (root / "iterations").mkdir(exist_ok=True)
                 _write_json_atomic(meta_path, meta)
@@ -311,24 +314,3 @@ def write_json(path: Path, obj: Any) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
-
-
-_command: list[str] | None = None
-_opened: Path | None = None  # the directory Session.open was last given, for the CLI's error lines
-
-
-def opened() -> Path | None:
-    """The session directory this process opened last, if it holds a session (for a resume hint
-    when a command stops before the engine runs, e.g. Ctrl-C while the model is prepared)."""
-    return _opened if _opened is not None and (_opened / "session.json").exists() else None
-
-
-def set_command(argv: list[str]) -> None:
-    """Make ``argv`` the command line new sessions record instead of ``sys.argv``: ``bisector
-    replay LOG`` runs the logged command, and that is what ``bisector resume`` must run again."""
-    global _command
-    _command = ["bisector", *argv]
-
-
-def command_line() -> list[str]:
-    return list(_command) if _command is not None else ["bisector", *sys.argv[1:]]

@@ -21,6 +21,8 @@ TensorRT <= 10.11 only (weak typing; ``require_weak_typing`` refuses 10.12 and l
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import os
 import re
@@ -129,16 +131,11 @@ def _logger(trt, verbose_log_path: str | os.PathLike | None):
     return _Logger()
 
 
-_QUIET_LOGGER = None
-
-
+@functools.lru_cache(maxsize=None)
 def quiet_logger(trt):
-    """One module-wide logger (no file) for runtimes and caches: TensorRT objects keep a pointer to
-    their logger, so it must outlive them."""
-    global _QUIET_LOGGER
-    if _QUIET_LOGGER is None:
-        _QUIET_LOGGER = _logger(trt, None)
-    return _QUIET_LOGGER
+    """One logger (no file) per tensorrt module for runtimes and caches, made once: TensorRT objects
+    keep a pointer to their logger, so it must outlive them."""
+    return _logger(trt, None)
 
 
 def parse_onnx(trt, network, onnx_path: str | os.PathLike, logger):

@@ -51,6 +51,7 @@ class CandidateOptions:
     iter_artifact: str = DEFAULT_ARTIFACT
     write_inputs: bool = True  # command checks need inputs.json; the in-process compare check does not
     weights: str = "auto"  # link | embed | auto (see candidate_weights)
+    save_inputs: Path | None = None  # Polygraphy's --save-inputs: the full model's input samples
 
     def data_params(self) -> dict[str, Any]:
         """The part of a search's params (compared on resume) that these fields make."""
@@ -59,6 +60,34 @@ class CandidateOptions:
                 "external_data_dir": str(self.external_data_dir) if self.external_data_dir else None,
                 "seed": self.seed, "samples": self.samples, "val_range": self.val_range,
                 "iter_artifact": self.iter_artifact, "weights": self.weights}
+
+
+def check_writable(path: Path | None, model: Path | None = None) -> None:
+    """Refuse an output path that cannot be written before the search, not after it: a directory,
+    the input ``model`` itself, or a place where no file can be created (tried, in the nearest
+    directory that exists, so that nothing is left behind)."""
+    import os
+    import tempfile
+
+    if path is None:
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory", hint="give a file name, e.g. reduced.onnx")
+    if model is not None and target.exists() and Path(model).exists() and os.path.samefile(target, model):
+        raise UserError(f"{path} is the input model: writing the answer there would destroy it",
+                        hint="give another -o")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".bisector-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {parent}: {exc.strerror or exc}") from None
 
 
 def prepare_candidates(opts: CandidateOptions, root: Path,

@@ -37,7 +37,8 @@ import onnx
 
 from bisector.backends.target import run_reference
 from bisector.checks.base import Artifact
-from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions,
+from bisector.commands.base import Command, Plan, Report
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, check_writable,
                                           prepare_candidates, candidate_weights)
 from bisector.commands.precision_int8 import Int8Quantizer, quantized_nodes
 from bisector.commands.precision_sensitivity import NodeError, load_or_measure, sensitivity_order
@@ -291,3 +292,55 @@ def write_result(result: dict, st: Setup, opts: PrecisionOptions, result_dir: Pa
 def _write(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj, indent=1) + "\n")
     return path
+
+
+class PrecisionCommand(Command):
+    """``bisector precision``: the fewest nodes to keep in fp32 so that fp16, bf16 or int8 passes."""
+
+    name = "precision"
+    options_type = PrecisionOptions
+    OUTPUT_FIELDS = ("output", "save_inputs")
+
+    def params(self) -> dict[str, Any]:
+        return self.options.params()
+
+    def check_outputs(self) -> None:
+        for path in (self.options.output, self.options.save_inputs):
+            check_writable(path, self.options.model)
+
+    def setup(self, session) -> Plan:
+        from bisector.commands.reduce_report import count
+
+        o = self.options
+        st = setup(o, session.root)
+        how = "QDQ int8 (onnxruntime quantize_static)" if o.precision == "int8" else f"{o.precision} ({o.realize})"
+        if o.constraints:
+            how = f"TensorRT {o.precision} engines, kept layers fp32 ({o.constraints} precision constraints)"
+        intro = [f"model: {Path(o.model).absolute()} ({count(len(st.prepared.model.graph.node), 'node')}, "
+                 f"{len(st.lowerable)} can run in {o.precision}); candidates realized as {how}"]
+        flagged = [st.materializer.names[i] for i in st.strategy.items[:st.strategy.likely]]
+        if o.search_order == "sensitivity":
+            shown = f" and come first: {', '.join(flagged[:6])}{' ...' if len(flagged) > 6 else ''}" if flagged else ""
+            intro.append(f"order: {len(flagged)} node(s) stand out{shown}; the rest by error band, topological "
+                         f"within a band")
+        return Plan(st.strategy, st.materializer, tuple(intro), state=st)
+
+    def finish(self, plan: Plan, outcome, session, check, force_output: bool = False) -> Report:
+        from bisector.commands.precision_report import precision_report
+
+        o, st = self.options, plan.state
+        doubt = emulation_disagrees(outcome.result, st, o, session.root / "emulation")
+        written = write_result(outcome.result, st, o, session.result_dir, publish=doubt is None or force_output)
+        if o.save_inputs:
+            save_inputs(st.materializer.samples, o.save_inputs)
+        return precision_report(session, outcome, written, st, o, check, doubt)
+
+    def explain(self, error: Exception) -> Exception:
+        from bisector.engine import EndpointError, TrivialFails
+
+        o = self.options
+        if isinstance(error, EndpointError) and not isinstance(error, TrivialFails) and o.realize == "true" \
+                and o.precision != "int8" and o.constraints is None:
+            return type(error)(error.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 "
+                                                   "model hides overflow there: try --realize emulate")
+        return error

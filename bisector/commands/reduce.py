@@ -22,10 +22,11 @@ import numpy as np
 
 from bisector.backends.record import ActivationStore, record_activations
 from bisector.checks.base import Artifact
-from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, prepare_candidates,
-                                          candidate_weights)
+from bisector.commands.base import Command, Plan, Report
+from bisector.commands.candidates import (INPUTS_NAME, CandidateOptions, candidate_weights, check_writable,
+                                          prepare_candidates)
 from bisector.data import save_inputs
-from bisector.engine import Engine, Outcome
+from bisector.engine import Outcome
 from bisector.errors import UserError
 from bisector.model import io as mio
 from bisector.model.extract import SubgraphCutter
@@ -159,5 +160,50 @@ def _inputs_beside(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + "_inputs.json")
 
 
-def run_engine(strategy, materializer, check, session, **engine_kw) -> Outcome:
-    return Engine(strategy, materializer, check, session, **engine_kw).run()
+class ReduceCommand(Command):
+    """``bisector reduce``: the smallest subgraph of the model that still fails the check."""
+
+    name = "reduce"
+    options_type = ReduceOptions
+    OUTPUT_FIELDS = ("output", "min_good", "save_inputs")
+
+    def params(self) -> dict[str, Any]:
+        return self.options.params()
+
+    def check_outputs(self) -> None:
+        o = self.options
+        if o.output is None and o.min_good is None:
+            raise UserError("reduce needs an output (-o) or a min-good path to know where to write the answer")
+        if o.output is not None and o.min_good is not None and Path(o.output).absolute() == Path(o.min_good).absolute():
+            raise UserError("-o and --min-good name the same file: the answer and the passing model would overwrite "
+                            "each other")
+        for path in (o.output, o.min_good, o.save_inputs):
+            check_writable(path, o.model)
+
+    def setup(self, session) -> Plan:
+        from bisector.commands.reduce_report import count
+
+        o = self.options
+        _, strategy, materializer = setup(o, session.root)
+        store = materializer.store
+        intro = [f"model: {Path(o.model).absolute()} ({count(strategy.n, 'node')} after preparation), "
+                 f"{store.samples} input sample(s), cut tensors fed {o.cut_feed} values"]
+        notes = []
+        if store.given and o.cut_feed != "random":
+            notes.append(f"{len(store.given)} cut tensors are fed the values the loaded data gives, not recorded "
+                         f"ones; {len(store.recorded) or 'nothing'} recorded")
+        if o.write_inputs and materializer.weights == "link" and materializer.linked_bytes:
+            notes.append(f"candidates link the session's weight file ({materializer.linked_bytes / 2**20:.0f} MiB) "
+                         f"instead of copying it; onnx.load refuses linked weights, so a check that calls it needs "
+                         f"--weights auto")
+        return Plan(strategy, materializer, tuple(intro), tuple(notes), state=materializer)
+
+    def finish(self, plan: Plan, outcome: Outcome, session, check, force_output: bool = False) -> Report:
+        from bisector.commands.reduce_report import reduce_report
+
+        o, m = self.options, plan.state
+        conclusive = outcome.result["conclusive"]
+        written = write_result(outcome, m, o, session.result_dir, publish=conclusive or force_output)
+        if o.save_inputs:
+            save_inputs(m.feeds(list(m.cutter.index.graph_inputs)), o.save_inputs)
+        return reduce_report(session, outcome, written, o, check)

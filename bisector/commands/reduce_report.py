@@ -6,8 +6,8 @@ import os
 import re
 import shlex
 
-from bisector.artifacts.report import write_reports
-from bisector.tables import NodeTable
+from bisector.artifacts.report import first_failure
+from bisector.commands.base import Report, Table
 
 PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof", "control")
 LABEL_SIZE = re.compile(r"\b(\d+) nodes?: ")
@@ -38,36 +38,40 @@ def _size(entry) -> int | None:
     return int(m[1]) if m else None
 
 
-def reproduce_command(check_argv, iter_artifact: str, artifact, inputs, cmp, *, reference=None,
+def reproduce_command(check, iter_artifact: str, artifact, inputs, *, reference=None, reference_kind: str = "onnxrt",
                       engine: bool = False) -> list[str] | None:
     """The command that checks ``artifact`` (an answer file) again, as the search checked candidates.
 
-    - A ``--check`` command: ``check_argv`` with the iteration's artifact (``iter_artifact``, or
-      ``{artifact}``) and ``inputs.json`` (or ``{inputs}``) replaced by ``artifact`` and ``inputs``.
+    - A command check (``check.argv``): its argv with the iteration's artifact (``iter_artifact``,
+      or ``{artifact}``) and ``inputs.json`` (or ``{inputs}``) replaced by ``artifact`` and ``inputs``.
     - Otherwise ``bisector compare ARTIFACT --load-inputs INPUTS`` with the comparison's flags: against
       the ``reference`` outputs file when given (``artifact`` is then already what the check ran, so
-      no ``--precision``), else against the target ``cmp`` describes; or, for an ``engine``,
-      ``polygraphy run ... --trt`` against ``reference``.
+      no ``--precision``), else against the target ``check.compare`` describes; or, for an
+      ``engine``, ``polygraphy run ... --trt`` against ``reference``.
     - None when there is neither a command nor a comparison to repeat (a person answered).
 
     Used by ``reduce`` (the reduced model) and ``precision`` (the answer as checked).
     """
     artifact, inputs = str(artifact), str(inputs)
-    if check_argv:
+    argv = list(check.argv) if check.kind == "command" else None
+    if argv:
         return [artifact if a == iter_artifact else inputs if a == "inputs.json"
-                else _absolute(a.replace("{artifact}", artifact).replace("{inputs}", inputs), i, check_argv)
-                for i, a in enumerate(check_argv)]
+                else _absolute(a.replace("{artifact}", artifact).replace("{inputs}", inputs), i, argv)
+                for i, a in enumerate(argv)]
     if engine and reference is not None:
         return ["polygraphy", "run", artifact, "--model-type", "engine", "--trt", "--load-inputs", inputs,
                 "--load-outputs", str(reference)]
-    if reference is None and not cmp.compare:
+    cmp = check.compare
+    if reference is None and cmp is None:
         return None
     cmd = ["bisector", "compare", artifact, "--load-inputs", inputs]
     if reference is not None:
         cmd += ["--load-outputs", str(reference)]
     else:
         cmd += ["--precision", cmp.precision] if cmp.precision else []
-        cmd += ["--reference", cmp.reference] if cmp.reference != "onnxrt" else []
+        cmd += ["--reference", reference_kind] if reference_kind != "onnxrt" else []
+    if cmp is None:
+        return cmd
     if cmp.provider != "cpu":
         cmd += ["--provider", cmp.provider]
     for flag, vals in (("--atol", cmp.atol), ("--rtol", cmp.rtol), ("--check-error-stat", cmp.check_error_stat)):
@@ -109,21 +113,24 @@ INCONCLUSIVE_MD = ("**Inconclusive:** no candidate passed the check, not even th
                    "nothing. The first failing check: ")
 
 
-def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> None:
+def reduce_report(session, outcome, written: dict, opts, check) -> Report:
+    """reduce's answer as a :class:`Report`: the culprit table, report.md's answer and phases, the
+    lines for people and the reproduce command."""
+    from bisector.commands.results import ReduceResult
+
     res = outcome.result
     phases = phase_table(session, res["original_nodes"])
-    repro = reproduce_command(check_argv, opts.iter_artifact, written["reduced"], written["reduced_inputs"], cmp)
+    repro = reproduce_command(check, opts.iter_artifact, written["reduced"], written["reduced_inputs"])
     culprits = written["culprits"]
-    table = NodeTable(f"culprit: {len(culprits)} of {count(res['original_nodes'], 'node')}",
-                      ("node", "op type", "inputs", "outputs"))
-    for c in culprits:
-        table.add(c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"]))
+    table = Table(f"culprit: {len(culprits)} of {count(res['original_nodes'], 'node')}",
+                  ("node", "op type", "inputs", "outputs"),
+                  tuple((c["name"], c["op_type"], ", ".join(c["inputs"]), ", ".join(c["outputs"])) for c in culprits))
     md = ["## Answer", "",
-          f"{count(res['original_nodes'], 'node')} reduced to **{len(culprits)}** in {count(outcome.stats.checks, 'check')} "
-          f"({outcome.stats.cached} cached verdicts reused).", "", *table.markdown()]
-    if not res["conclusive"]:
-        from bisector.artifacts.report import first_failure
-
+          f"{count(res['original_nodes'], 'node')} reduced to **{len(culprits)}** in "
+          f"{count(outcome.stats.checks, 'check')} ({outcome.stats.cached} cached verdicts reused).", "",
+          *table.markdown()]
+    conclusive = res["conclusive"]
+    if not conclusive:
         md += ["", INCONCLUSIVE_MD + f"`{first_failure(session)}`."]
     md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
     if written.get("min_good"):
@@ -132,14 +139,17 @@ def report_reduce(console, session, outcome, written, opts, check_argv, cmp) -> 
         md.append(f"- 1-minimal proof: {'every single removal passes' if res['one_minimal'] else 'NOT 1-minimal'}")
     md += ["", "## Phases", "", "| phase | checks | size after |", "|---|---|---|"]
     md += [f"| {p['phase']} | {p['checks']} | {p['size_after']} |" for p in phases]
-    write_reports(session, strategy="reduce", stats=outcome.stats, result={**res, **written, "phases": phases},
-                  answer_md="\n".join(md), reproduce=repro)
-
-    console.print(table.rich())
-    console.print("phases: " + ", ".join(f"{p['phase']} {count(p['checks'], 'check')} -> "
-                                         f"{count(p['size_after'], 'node')}" for p in phases), highlight=False)
-    console.print(checks_line(outcome.stats), highlight=False)
+    lines = ["phases: " + ", ".join(f"{p['phase']} {count(p['checks'], 'check')} -> "
+                                     f"{count(p['size_after'], 'node')}" for p in phases),
+             checks_line(outcome.stats)]
     if written.get("output"):
-        console.print(f"[bold]reduced model:[/] {written['output']}", highlight=False)
-    if repro:
-        console.print(f"reproduce: {' '.join(shlex.quote(a) for a in repro)}", highlight=False, soft_wrap=True)
+        lines.append(f"reduced model: {written['output']}")
+    held = tuple(str(p) for p in (opts.output, opts.min_good) if p is not None and not conclusive
+                 and not written.get("output"))
+    doubt = "" if conclusive else ("no candidate passed the check, not even the model without the answer: the "
+                                   "check may fail whatever it is given")
+    result = ReduceResult.of(res, written, phases)
+    files = {k: v for k, v in written.items() if k not in ("culprits", "graph_inputs", "graph_outputs")}
+    return Report(result=result, files=files, markdown="\n".join(md), table=table, lines=tuple(lines),
+                  reproduce=tuple(repro) if repro else None, conclusive=conclusive, doubt=doubt,
+                  not_written=held)

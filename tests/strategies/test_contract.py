@@ -36,7 +36,7 @@ FORBIDDEN_MODULES = {
     "os", "io", "pathlib", "shutil", "tempfile", "glob", "sys", "subprocess", "socket", "pickle", "json",
     "time", "datetime", "random", "secrets", "uuid", "importlib",  # files, clock, randomness
     "bisector.engine", "bisector.artifacts", "bisector.model", "bisector.backends", "bisector.cli",
-    "bisector.commands", "bisector.progress",
+    "bisector.commands", "bisector.cli.progress",
 }
 FORBIDDEN_CALLS = {"open", "input", "print", "__import__", "exec", "eval", "hash", "id"}
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

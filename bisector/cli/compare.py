@@ -1,6 +1,7 @@
 """``bisector compare``: one model, target against reference, with Polygraphy's comparison rules.
 
-Registered by ``bisector/cli.py`` at its end, like the other commands declared apart.
+No session: it runs the model once on each side and returns its exit code (0 match, 1 mismatch),
+so that it works as a check command of its own.
 """
 
 from pathlib import Path
@@ -8,11 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from bisector.cli_options import CompareOptions, DataOptions, guarded, uses
+from bisector.cli.options import CompareOptions, DataOptions, uses
 from bisector.errors import EXIT_BAD
 
 
-@guarded
 @uses(DataOptions, CompareOptions)
 def compare(
     model: Annotated[Path, typer.Argument(help="The ONNX model")],
@@ -23,24 +23,27 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (the comparison of every output); the table goes to stderr")] = False,
 ):
     """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
-    from bisector import cli
+    from bisector.cli import build
+    from bisector.cli.run import Ui
+    from bisector.commands.candidates import check_writable
     from bisector.commands.compare import run_compare
     from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
     from bisector.compare.render import render_comparison
 
-    target = cli.compare_target(cmp)
+    ui = Ui(json_out)
+    spec = build.compare_spec(cmp)
+    target = spec.target()
     if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":
-        cli.console.print(f"note: a true {cmp.precision} model on onnxruntime's CPU provider is computed in fp32 between "
-                      f"ops, so overflow stays hidden here; --realize emulate shows what a GPU would",
-                      style="dim", highlight=False, soft_wrap=True)
-    args = cli.data_args(data)
+        ui.note(f"a true {cmp.precision} model on onnxruntime's CPU provider is computed in fp32 between ops, so "
+                f"overflow stays hidden here; --realize emulate shows what a GPU would")
+    args = build.data_args(data)
     for path in (data.save_inputs, save_outputs):
-        cli.check_writable(path, model)
+        check_writable(path, model)
     reference_outputs = None
     if load_outputs:
         runs = read_outputs(load_outputs)
         reference_outputs = next(iter(runs.values()))
-    run = run_compare(model, target, cli.compare_config(cmp), reference=cmp.reference,
+    run = run_compare(model, target, spec.config(), reference=cmp.reference,
                       reference_outputs=reference_outputs, **args)
     if data.save_inputs:
         save_inputs(run.samples, data.save_inputs)
@@ -48,7 +51,7 @@ def compare(
         write_outputs({target.describe(): run.target_outputs}, save_outputs)
     ref_name = ("loaded outputs" if load_outputs else
                 "onnx reference evaluator fp64" if cmp.reference == "fp64" else "onnxruntime cpu fp32")
-    out = cli.results(json_out)
+    out = ui.out
     out.print(f"[bold]compare[/] {model}: target [cyan]{target.describe()}[/] vs reference [cyan]{ref_name}[/], "
               f"{len(run.samples)} sample(s)", highlight=False)
     for sample in run.comparison.samples:
@@ -64,4 +67,4 @@ def compare(
                "target": target.describe(), "reference": ref_name, "samples": len(run.samples),
                "comparison": run.comparison.to_json(), "exit_code": code}
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
-    raise typer.Exit(code)
+    return code

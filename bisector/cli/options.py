@@ -9,7 +9,6 @@ Polygraphy's flags take several values after one flag (``--input-shapes x:[1,3] 
 one-value-per-flag form typer parses and cuts the check command off.
 """
 
-import functools
 import inspect
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -57,37 +56,30 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return out, check
 
 
-def guarded(fn):
-    """``bisector.cli.guarded``, looked up when the command runs: for the commands declared outside
-    cli.py (cli_reduce.py, cli_precision.py), which cli.py imports to register them."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from bisector.cli import guarded as cli_guarded
-
-        return cli_guarded(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def uses(*groups):
     """Decorator: add the fields of ``groups`` to the command's options; the command receives one
-    instance per group, in the parameters annotated with the group's class."""
+    instance per group, in the parameters annotated with the group's class. A group's fields named
+    in its ``FROM_CONTEXT`` are no flags: they come from the click context's ``obj`` (the check
+    command that :func:`split_argv` cut off, which typer never sees)."""
 
     def deco(fn):
         sig = inspect.signature(fn)
         own = [p for p in sig.parameters.values() if p.annotation not in groups]
         spliced = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-                   for g in groups for f in fields(g)]
+                   for g in groups for f in fields(g) if f.name not in getattr(g, "FROM_CONTEXT", ())]
+        ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 
-        def command(**kwargs):
+        def command(ctx: typer.Context, **kwargs):
+            given = ctx.obj or {}
             for p in sig.parameters.values():
                 if p.annotation in groups:
                     g = p.annotation
-                    kwargs[p.name] = g(**{f.name: kwargs.pop(f.name) for f in fields(g)})
+                    from_ctx = getattr(g, "FROM_CONTEXT", ())
+                    kwargs[p.name] = g(**{f.name: given.get(f.name) if f.name in from_ctx else kwargs.pop(f.name)
+                                          for f in fields(g)})
             return fn(**kwargs)
 
-        command.__signature__ = sig.replace(parameters=own + spliced)
+        command.__signature__ = sig.replace(parameters=[ctx_param, *own, *spliced])
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
         return command
 
@@ -161,6 +153,9 @@ class CompareOptions:
 
 @dataclass
 class CheckOptions:
+    FROM_CONTEXT = ("check_argv",)  # everything after --check, cut off by split_argv
+
+    check_argv: Optional[list[str]] = None
     fail_code: Annotated[Optional[list[int]], typer.Option(
         "--fail-code", "--fail-returncode", help="Only these exit codes fail", rich_help_panel="Check")] = None
     ignore_fail_code: Annotated[Optional[list[int]], typer.Option(

@@ -1,0 +1,145 @@
+"""A check as data: what the user asked for, recorded in ``session.json`` and built into a
+:class:`~bisector.checks.base.Check` by :meth:`CheckSpec.build`. ``resume`` rebuilds the very
+check the session started with; the daemon queues it with its command.
+
+Example::
+
+    spec = CheckSpec.command(["python", "check.py", "{artifact}"], timeout_s=60)
+    check = spec.build()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bisector.codec import decode, encode
+from bisector.errors import UserError
+
+KINDS = ("command", "func", "script", "compare", "interactive")
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """The in-process comparison: Polygraphy's flags as given (``atol`` like ``["1e-2"]`` or
+    ``["y:1e-3"]``) and the target to run (provider, precision, nodes kept fp32, realization)."""
+
+    provider: str = "cpu"
+    precision: str | None = None
+    keep: tuple[str, ...] = ()
+    realize: str | None = None
+    atol: tuple[str, ...] = ()
+    rtol: tuple[str, ...] = ()
+    check_error_stat: tuple[str, ...] = ()
+    error_quantile: float | None = None
+    validate: bool = False
+
+    def target(self):
+        from bisector.backends.target import Target
+
+        return Target(provider=self.provider, precision=self.precision, keep=frozenset(self.keep),
+                      realize=self.realize)
+
+    def config(self):
+        from bisector.compare.config import CompareConfig
+
+        return CompareConfig.from_flags(atol=list(self.atol) or None, rtol=list(self.rtol) or None,
+                                        check_error_stat=list(self.check_error_stat) or None,
+                                        error_quantile=self.error_quantile, validate=self.validate)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """``kind``: a ``command`` (``argv``, with Polygraphy's verdict rules and the timeout and crash
+    policies), a Python ``func`` (``module:function``) or ``script``, the in-process ``compare``,
+    or a person (``interactive``). ``repeat`` > 1 runs each check that often and ``vote``s."""
+
+    kind: str = "interactive"
+    argv: tuple[str, ...] = ()
+    fail_codes: tuple[int, ...] | None = None
+    ignore_fail_codes: tuple[int, ...] | None = None
+    fail_regexes: tuple[str, ...] | None = None
+    timeout_s: float | None = None
+    on_timeout: str = "bad"
+    on_crash: str = "bad"
+    show_output: bool = False
+    hide_fail_output: bool = False
+    func: str | None = None
+    script: str | None = None
+    compare: CompareSpec | None = None
+    repeat: int = 1
+    vote: str = "any"
+
+    @classmethod
+    def command(cls, argv, **kw: Any) -> "CheckSpec":
+        """A command check; a relative program path (``./check.sh``) is made absolute here, since
+        the check runs in each iteration directory."""
+        argv = [str(a) for a in argv]
+        if argv and os.sep in argv[0] and not os.path.isabs(argv[0]):
+            argv[0] = os.path.abspath(argv[0])
+        return cls(kind="command", argv=tuple(argv), **kw)
+
+    def without_target_precision(self) -> "CheckSpec":
+        """The same check with an in-process comparison that runs candidates as they are (precision
+        realizes its candidates itself)."""
+        if self.compare is None:
+            return self
+        return replace(self, compare=replace(self.compare, precision=None, keep=(), realize=None))
+
+    @property
+    def interactive(self) -> bool:
+        return self.kind == "interactive"
+
+    def build(self):
+        """The :class:`~bisector.checks.base.Check`; ``UserError`` for a bad policy or vote."""
+        from bisector.checks.repeat import VOTES, RepeatCheck
+
+        if self.kind not in KINDS:
+            raise UserError(f"unknown check kind {self.kind!r}")
+        if self.repeat < 1:
+            raise UserError("--repeat must be at least 1")
+        if self.vote not in VOTES:
+            raise UserError(f"--vote {self.vote!r}: choose {', '.join(VOTES)}")
+        check = self._build_one()
+        return RepeatCheck(check, repeat=self.repeat, vote=self.vote) if self.repeat > 1 else check
+
+    def _build_one(self):
+        if self.kind == "command":
+            from bisector.checks.command import CommandCheck
+            from bisector.checks.verdict_rules import VerdictRules
+
+            rules = VerdictRules(fail_codes=_list(self.fail_codes), ignore_fail_codes=_list(self.ignore_fail_codes),
+                                 fail_regexes=_list(self.fail_regexes))
+            return CommandCheck(list(self.argv), rules, timeout_s=self.timeout_s, on_timeout=self.on_timeout,
+                                on_crash=self.on_crash, show_output=self.show_output,
+                                hide_fail_output=self.hide_fail_output)
+        if self.kind in ("func", "script"):
+            from bisector.checks.python import PythonCheck
+
+            if self.kind == "func":
+                return PythonCheck.from_spec(self.func, on_crash=self.on_crash)
+            return PythonCheck.from_script(self.script, on_crash=self.on_crash)
+        if self.kind == "compare":
+            from bisector.checks.compare import CompareCheck
+
+            spec = self.compare or CompareSpec()
+            return CompareCheck(spec.target(), spec.config())
+        from bisector.checks.interactive import InteractiveCheck
+
+        return InteractiveCheck()
+
+    # -- recorded in session.json --------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return encode(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "CheckSpec":
+        if isinstance(doc, dict) and isinstance(doc.get("compare"), dict):
+            doc = {**doc, "compare": decode(CompareSpec, doc["compare"])}
+        return decode(cls, doc)
+
+
+def _list(values) -> list | None:
+    return None if values is None else list(values)
+
