@@ -91,7 +91,9 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
         kill_leftovers(Path(options.session).absolute())  # before anything else holds a GPU
     spec = {"command": command.to_json(), "check": check.to_json(), "run": encode(options)}
     session = Session.open(options.session, command=argv or ["bisector", command.name], strategy=command.name,
-                           params=command.params() | {"check": check.to_json()}, model=_model_meta(command),
+                           params=command.params() | {"check": check.to_json(),
+                                                      "check_files": check.file_fingerprints(command.per_iteration)},
+                           model=_model_meta(command),
                            spec=spec)
     emit = _emitter(listeners)
     try:

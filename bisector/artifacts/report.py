@@ -32,7 +32,9 @@ def first_failure(session: Session) -> str:
         log = session.root / "iterations" / f"{e.iteration:04d}" / "check.log" if e.iteration is not None else None
         if log is not None and log.is_file():
             lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-            return f"{log}: {lines[-1][:300] if lines else '(empty log)'}"
+            last = lines[-1][:300] if lines else "(empty log)"
+            note = ev.get("note")
+            return f"{log}: {last}" + (f" [{note}]" if note and note not in last else "")
         return f"iteration {e.iteration}: {ev.get('note') or 'failed'} (exit code {ev.get('exit_code')})"
     return "no check failed in this session"
 

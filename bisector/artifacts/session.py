@@ -274,6 +274,8 @@ def _meta_problem(meta: Any) -> str | None:
     """What is wrong with a ``session.json`` (hand-edited, truncated, from elsewhere), or None."""
     if not isinstance(meta, dict):
         return "not a JSON object"
+    if not isinstance(meta.get("format", SESSION_FORMAT), int) or meta.get("format", SESSION_FORMAT) > SESSION_FORMAT:
+        return f"format {meta.get('format')!r} is newer than this bisector's ({SESSION_FORMAT})"
     command = meta.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         return f"'command' is {command!r}, not a command line"[:200]
@@ -288,13 +290,20 @@ def _difference(meta: dict, strategy: str, params: dict, model: dict | None) -> 
         return f"it is a {meta.get('strategy')} session, not {strategy}"
     old_model, new_model = meta.get("model") or {}, model or {}
     if old_model.get("fingerprint") != new_model.get("fingerprint"):
-        return (f"the model changed since the session started ({old_model.get('path')}: fingerprint "
+        where = (f"{old_model.get('path')}" if old_model.get("path") == new_model.get("path")
+                 else f"it was {old_model.get('path')}, now {new_model.get('path')}")
+        return (f"the model changed since the session started ({where}: fingerprint "
                 f"{str(old_model.get('fingerprint'))[:12]} -> {str(new_model.get('fingerprint'))[:12]})")
     old = meta.get("params", {})
     changed = [k for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)]
     if changed:
         k = changed[0]
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        if k == "check_files":
+            was, now = old.get(k) or {}, params.get(k) or {}
+            files = sorted(f for f in set(was) | set(now) if was.get(f) != now.get(f))
+            return (f"the check's file {files[0]} changed since the session started: its verdicts came from the "
+                    f"old one{more}")
         return f"parameter {k!r} was {old.get(k)!r}, now {params.get(k)!r}{more}"
     return ""
 

@@ -44,6 +44,7 @@ class CheckResult:
     duration_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # e.g. "timeout after 30 s", "killed by SIGSEGV"
+    cause: str = ""  # "timeout" or "crash" when the verdict comes from the check not finishing, not from its answer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class CheckResult:
             "duration_s": round(self.duration_s, 4),
             "metrics": self.metrics,
             "note": self.note,
+            **({"cause": self.cause} if self.cause else {}),
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class CheckResult:
             duration_s=d.get("duration_s", 0.0),
             metrics=d.get("metrics", {}),
             note=d.get("note", ""),
+            cause=d.get("cause", ""),
         )
 
 

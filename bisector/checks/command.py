@@ -111,7 +111,7 @@ class CommandCheck(Check):
                 raise UserError(f"{flag} {value!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
         if show_output and hide_fail_output:
             raise UserError("--show-output and --hide-fail-output exclude each other")
-        if timeout_s is not None and timeout_s <= 0:
+        if timeout_s is not None and not 0 < timeout_s < float("inf"):  # nan too
             raise UserError(f"--check-timeout {timeout_s}: expected a positive number of seconds")
         first = argv[0]
         if os.sep in first and not os.path.isabs(first):
@@ -192,9 +192,11 @@ class CommandCheck(Check):
         if timed_out:
             result.exit_code = None
             result.note = f"timeout after {self.timeout_s:g} s"
+            result.cause = "timeout"
             result.verdict = self._on_failure(self.on_timeout, "--on-timeout", result.note)
         elif code < 0:
             result.note = f"killed by {_signal_name(-code)}"
+            result.cause = "crash"
             result.verdict = self._on_failure(self.on_crash, "--on-crash", result.note)
         else:
             result.verdict = decide(code, output, self.rules)

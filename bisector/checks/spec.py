@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from bisector.codec import decode, encode
@@ -70,15 +71,42 @@ class CheckSpec:
     compare: CompareSpec | None = None
     repeat: int = 1
     vote: str = "any"
+    launch_dir: str | None = None  # where the command's relative paths are found (it runs elsewhere)
 
     @classmethod
     def command(cls, argv, **kw: Any) -> "CheckSpec":
-        """A command check; a relative program path (``./check.sh``) is made absolute here, since
-        the check runs in each iteration directory."""
+        """A command check; a relative program path (``./check.sh``) is made absolute here, and the
+        directory its other relative paths are found in is this one, since the check runs in each
+        iteration directory (and a resume may start anywhere)."""
         argv = [str(a) for a in argv]
         if argv and os.sep in argv[0] and not os.path.isabs(argv[0]):
             argv[0] = os.path.abspath(argv[0])
-        return cls(kind="command", argv=tuple(argv), **kw)
+        return cls(kind="command", argv=tuple(argv), launch_dir=kw.pop("launch_dir", os.getcwd()), **kw)
+
+    def file_fingerprints(self, skip: tuple[str, ...] = ()) -> dict[str, str]:
+        """``{path: digest}`` of the check's own code: the program it runs and the scripts it names
+        (``SCRIPT_SUFFIXES``; not the per-iteration ``skip`` names). A session refuses to go on
+        after one changed, since its verdicts came from the old code. Data files are left out: a
+        check may write to a file it names (a counter, a log) on every run."""
+        if self.kind == "command":
+            values = [a.partition("=")[2] if a.startswith("-") else a for a in self.argv]
+            values = [v for i, v in enumerate(values) if i == 0 or Path(v).suffix in SCRIPT_SUFFIXES]
+        elif self.kind == "script":
+            values = [self.script or ""]
+        else:
+            return {}
+        base = Path(self.launch_dir or os.getcwd())
+        out = {}
+        for value in values:
+            if not value or value in skip or "{" in value:
+                continue
+            path = Path(value) if os.path.isabs(value) else base / value
+            try:
+                if path.is_file():
+                    out[str(path)] = _digest(path)
+            except OSError:
+                continue
+        return out
 
     def without_target_precision(self) -> "CheckSpec":
         """The same check with an in-process comparison that runs candidates as they are (precision
@@ -111,9 +139,12 @@ class CheckSpec:
 
             rules = VerdictRules(fail_codes=_list(self.fail_codes), ignore_fail_codes=_list(self.ignore_fail_codes),
                                  fail_regexes=_list(self.fail_regexes))
-            return CommandCheck(list(self.argv), rules, timeout_s=self.timeout_s, on_timeout=self.on_timeout,
-                                on_crash=self.on_crash, show_output=self.show_output,
-                                hide_fail_output=self.hide_fail_output)
+            check = CommandCheck(list(self.argv), rules, timeout_s=self.timeout_s, on_timeout=self.on_timeout,
+                                 on_crash=self.on_crash, show_output=self.show_output,
+                                 hide_fail_output=self.hide_fail_output)
+            if self.launch_dir:
+                check.launch_dir = Path(self.launch_dir)
+            return check
         if self.kind in ("func", "script"):
             from bisector.checks.python import PythonCheck
 
@@ -138,6 +169,19 @@ class CheckSpec:
         if isinstance(doc, dict) and isinstance(doc.get("compare"), dict):
             doc = {**doc, "compare": decode(CompareSpec, doc["compare"])}
         return decode(cls, doc)
+
+
+HASH_LIMIT_BYTES = 64 << 20
+SCRIPT_SUFFIXES = frozenset({".py", ".sh", ".bash", ".zsh", ".pl", ".rb", ".js", ".lua"})
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    st = path.stat()
+    if st.st_size > HASH_LIMIT_BYTES:
+        return f"size {st.st_size}, mtime {st.st_mtime_ns}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _list(values) -> list | None:

@@ -74,8 +74,13 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
     from bisector.cli.run import Ui
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    ui = Ui(json_mode="--json" in argv[:_check_at(argv)])
+    json_mode = "--json" in argv[:_check_at(argv)]
+    ui = Ui(json_mode=json_mode)
     code = _main(argv, ui)
+    if json_mode and not ui.summary_written:  # a script reading stdout gets its one object whatever happened
+        import json
+
+        sys.stdout.write(json.dumps({"exit_code": code, "error": ui.last_error}) + "\n")
     if exit:
         sys.exit(code)
     return code
@@ -132,7 +137,7 @@ def parse(argv: list[str], ui=None, nested: bool = False):
         verbosity.configure(nested=False)
     for note in notes:
         ui.note(note)
-    obj = {"check_argv": check_argv, "parse": lambda inner: parse(inner, ui, nested=True)}
+    obj = {"check_argv": check_argv, "parse": lambda inner: parse(inner, ui, nested=True), "ui": ui}
     try:
         rv = app(args=opts, prog_name="bisector", standalone_mode=False, obj=obj)
     except typer.Exit as exc:
@@ -167,6 +172,7 @@ def _session_of(inv) -> Optional[str]:
 
 def error_line(ui, message: str, hint: Optional[str] = None) -> None:
     """The one line every user error ends in (``bisector: error: ...``), and its hint below it."""
+    ui.last_error = message
     ui.err.print(f"[bold red]bisector: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
         ui.err.print(f"  hint: {escape(hint)}", highlight=False, style="dim", soft_wrap=True)

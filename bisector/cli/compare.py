@@ -21,6 +21,7 @@ def compare(
     save_outputs: Annotated[Optional[Path], typer.Option("--save-outputs", help="Write target outputs (Polygraphy RunResults JSON or .npz)")] = None,
     load_outputs: Annotated[Optional[Path], typer.Option("--load-outputs", help="Use these reference outputs instead of running the reference")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (the comparison of every output); the table goes to stderr")] = False,
+    ui=None,
 ):
     """Run MODEL on a target and a reference and compare outputs: exit 0 match, 1 mismatch, 2 bad usage."""
     from bisector.cli import build
@@ -30,7 +31,7 @@ def compare(
     from bisector.data import load_outputs as read_outputs, save_inputs, save_outputs as write_outputs
     from bisector.compare.render import render_comparison
 
-    ui = Ui(json_out)
+    ui = ui or Ui(json_out)
     spec = build.compare_spec(cmp)
     target = spec.target()
     if cmp.precision and cmp.realize == "true" and cmp.provider == "cpu":
@@ -67,4 +68,5 @@ def compare(
                "target": target.describe(), "reference": ref_name, "samples": len(run.samples),
                "comparison": run.comparison.to_json(), "exit_code": code}
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
+        ui.summary_written = True
     return code

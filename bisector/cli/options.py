@@ -56,15 +56,19 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return out, check
 
 
+CONTEXT_PARAMS = ("ui",)  # a command's parameters filled from the click context, not from flags
+
+
 def uses(*groups):
     """Decorator: add the fields of ``groups`` to the command's options; the command receives one
     instance per group, in the parameters annotated with the group's class. A group's fields named
     in its ``FROM_CONTEXT`` are no flags: they come from the click context's ``obj`` (the check
-    command that :func:`split_argv` cut off, which typer never sees)."""
+    command that :func:`split_argv` cut off, which typer never sees), and so do the command's own
+    parameters named in ``CONTEXT_PARAMS`` (the consoles of this call)."""
 
     def deco(fn):
         sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.annotation not in groups]
+        own = [p for p in sig.parameters.values() if p.annotation not in groups and p.name not in CONTEXT_PARAMS]
         spliced = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
                    for g in groups for f in fields(g) if f.name not in getattr(g, "FROM_CONTEXT", ())]
         ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -77,6 +81,7 @@ def uses(*groups):
                     from_ctx = getattr(g, "FROM_CONTEXT", ())
                     kwargs[p.name] = g(**{f.name: given.get(f.name) if f.name in from_ctx else kwargs.pop(f.name)
                                           for f in fields(g)})
+            kwargs.update({name: given.get(name) for name in CONTEXT_PARAMS if name in sig.parameters})
             return fn(**kwargs)
 
         command.__signature__ = sig.replace(parameters=[ctx_param, *own, *spliced])

@@ -27,6 +27,8 @@ class Ui:
     def __init__(self, json_mode: bool = False):
         self.err = make_console()
         self.out = self.err if json_mode else make_console(stderr=False)
+        self.summary_written = False  # --json: the one object is on stdout
+        self.last_error: str | None = None
 
     def note(self, text: str) -> None:
         self.err.print(f"note: {escape(text)}", style="dim", highlight=False, soft_wrap=True)
@@ -63,6 +65,7 @@ def execute(inv: Invocation, ui: Ui) -> int:
         doc.pop("iterations", None)
         sys.stdout.write(json.dumps({**doc, "exit_code": code}, default=str) + "\n")
         sys.stdout.flush()
+        ui.summary_written = True
     return code
 
 

@@ -108,6 +108,12 @@ class Command(ABC):
         return getattr(self.options, "model", None)
 
     @property
+    def per_iteration(self) -> tuple[str, ...]:
+        """File names a check finds in each iteration directory (not files of its own)."""
+        name = getattr(self.options, "iter_artifact", None)
+        return tuple(n for n in (name, "inputs.json") if n)
+
+    @property
     def data_dir(self) -> Path | None:
         return getattr(self.options, "external_data_dir", None)
 

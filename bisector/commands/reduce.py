@@ -199,11 +199,11 @@ class ReduceCommand(Command):
         return Plan(strategy, materializer, tuple(intro), tuple(notes), state=materializer)
 
     def finish(self, plan: Plan, outcome: Outcome, session, check, force_output: bool = False) -> Report:
-        from bisector.commands.reduce_report import reduce_report
+        from bisector.commands.reduce_report import reduce_doubt, reduce_report
 
         o, m = self.options, plan.state
-        conclusive = outcome.result["conclusive"]
-        written = write_result(outcome, m, o, session.result_dir, publish=conclusive or force_output)
+        doubt = reduce_doubt(session, outcome.result)
+        written = write_result(outcome, m, o, session.result_dir, publish=not doubt or force_output)
         if o.save_inputs:
             save_inputs(m.feeds(list(m.cutter.index.graph_inputs)), o.save_inputs)
-        return reduce_report(session, outcome, written, o, check)
+        return reduce_report(session, outcome, written, o, check, doubt)

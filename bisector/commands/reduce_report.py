@@ -107,13 +107,32 @@ def checks_line(stats) -> str:
     return f"checks: {stats.checks} in the session{this_run}{cached}; {stats.elapsed:.1f} s"
 
 
-INCONCLUSIVE_MD = ("**Inconclusive:** no candidate passed the check, not even the model without this answer. "
-                   "A check that fails whatever it is given (it cannot load the candidate, names the wrong file, "
-                   "lacks an input, times out) drives the search to its first node, so this answer may mean "
-                   "nothing. The first failing check: ")
+NO_PASS = ("no candidate passed the check, not even the model without the answer: a check that fails whatever "
+           "it is given (it cannot load the candidate, names the wrong file, lacks an input, times out) drives the "
+           "search to its first node, so this answer may mean nothing")
+NO_CONTROL = ("no candidate passed the check, and the answer is the whole model, so nothing could be checked without "
+              "it: the check may fail whatever it is given")
+CAUSES = {"timeout": "timed out", "crash": "was killed by a signal"}
 
 
-def reduce_report(session, outcome, written: dict, opts, check) -> Report:
+def reduce_doubt(session, res: dict) -> str:
+    """Why reduce's answer cannot be trusted, or "": no candidate passed (not even the control), or
+    the answer's own failing verdict is a check that did not finish (a timeout, a crash, which
+    ``--on-timeout``/``--on-crash bad`` count as failures): the fault was then never seen there."""
+    if not res["conclusive"]:
+        return NO_CONTROL if len(res["nodes"]) == res["original_nodes"] else NO_PASS
+    answer = frozenset(res["nodes"])
+    own = [e for e in session.journal if e.source == "check" and e.items is not None
+           and frozenset(e.items) == answer and e.verdict.value == "bad"]
+    causes = [(e.evidence or {}).get("cause") for e in own]
+    if own and all(causes):
+        return (f"the answer's only failing check {CAUSES.get(causes[0], causes[0])} (iteration {own[0].iteration}: "
+                f"{(own[0].evidence or {}).get('note', '')}), so the check never showed the failure there; run again "
+                f"with a longer check timeout, or count timeouts and crashes as skips")
+    return ""
+
+
+def reduce_report(session, outcome, written: dict, opts, check, doubt: str = "") -> Report:
     """reduce's answer as a :class:`Report`: the culprit table, report.md's answer and phases, the
     lines for people and the reproduce command."""
     from bisector.commands.results import ReduceResult
@@ -129,9 +148,9 @@ def reduce_report(session, outcome, written: dict, opts, check) -> Report:
           f"{count(res['original_nodes'], 'node')} reduced to **{len(culprits)}** in "
           f"{count(outcome.stats.checks, 'check')} ({outcome.stats.cached} cached verdicts reused).", "",
           *table.markdown()]
-    conclusive = res["conclusive"]
-    if not conclusive:
-        md += ["", INCONCLUSIVE_MD + f"`{first_failure(session)}`."]
+    conclusive = not doubt
+    if doubt:
+        md += ["", f"**Inconclusive:** {doubt}. The first failing check: `{first_failure(session)}`."]
     md += ["", f"- reduced model: `{written['reduced']}` (inputs: `{written['reduced_inputs']}`)"]
     if written.get("min_good"):
         md.append(f"- min-good model: `{written['min_good']}` (inputs: `{written['min_good_inputs']}`)")
@@ -146,9 +165,7 @@ def reduce_report(session, outcome, written: dict, opts, check) -> Report:
         lines.append(f"reduced model: {written['output']}")
     held = tuple(str(p) for p in (opts.output, opts.min_good) if p is not None and not conclusive
                  and not written.get("output"))
-    doubt = "" if conclusive else ("no candidate passed the check, not even the model without the answer: the "
-                                   "check may fail whatever it is given")
-    result = ReduceResult.of(res, written, phases)
+    result = ReduceResult.of({**res, "conclusive": conclusive}, written, phases)
     files = {k: v for k, v in written.items() if k not in ("culprits", "graph_inputs", "graph_outputs")}
     return Report(result=result, files=files, markdown="\n".join(md), table=table, lines=tuple(lines),
                   reproduce=tuple(repro) if repro else None, conclusive=conclusive, doubt=doubt,
