@@ -36,6 +36,7 @@ class Entry:
     evidence: dict[str, Any] | None = None
     time: float = 0.0
     items: list | None = None
+    size: int | None = None  # the candidate's size (its items are kept only up to 4096 of them)
 
     def to_json(self) -> dict[str, Any]:
         d = {"fingerprint": self.fingerprint, "verdict": self.verdict.value, "iteration": self.iteration,
@@ -46,6 +47,8 @@ class Entry:
             d["evidence"] = self.evidence
         if self.items is not None:
             d["items"] = self.items
+        if self.size is not None:
+            d["size"] = self.size
         return d
 
     @classmethod
@@ -66,14 +69,14 @@ class Entry:
         return cls(fingerprint=d["fingerprint"], verdict=Verdict(d["verdict"]), iteration=d.get("iteration"),
                    label=d.get("label", ""), phase=d.get("phase", ""), source=d.get("source", "check"),
                    speculative=d.get("speculative", False), evidence=d.get("evidence"),
-                   time=d.get("time", 0.0), items=d.get("items"))
+                   time=d.get("time", 0.0), items=d.get("items"), size=d.get("size"))
 
 
 # (field, accepted types, required) of a journal line
 _FIELDS = (("fingerprint", (str,), True), ("verdict", (str,), True), ("iteration", (int, type(None)), False),
            ("label", (str,), False), ("phase", (str,), False), ("source", (str,), False),
            ("speculative", (bool,), False), ("evidence", (dict, type(None)), False),
-           ("time", (int, float), False), ("items", (list, type(None)), False))
+           ("time", (int, float), False), ("items", (list, type(None)), False), ("size", (int, type(None)), False))
 
 
 def read(path: Path) -> list[Entry]:

@@ -22,7 +22,8 @@ from bisector.errors import UserError
 
 _LINE = re.compile(r"^(?P<verdict>good|bad|skip|pass|fail)\s+(?P<fp>[0-9a-f]{8,64})\b(?:\s*#\s*(?P<label>.*))?$")
 # The comment format_log writes after a verdict: iteration, [phase], label, and (source) if not a check.
-_COMMENT = re.compile(r"^iteration \S+ \[(?P<phase>[^\]]*)\] (?P<label>.*?)(?: \((?:replay|import)\))?$")
+_COMMENT = re.compile(r"^iteration \S+ \[(?P<phase>[^\]]*)\](?: \{size (?P<size>\d+)\})? (?P<label>.*?)"
+                      r"(?: \((?:replay|import)\))?$")
 
 
 def format_log(session_dir: Path) -> str:
@@ -35,11 +36,12 @@ def format_log(session_dir: Path) -> str:
     for e in journal:
         it = "-" if e.iteration is None else e.iteration
         src = "" if e.source == "check" else f" ({e.source})"
-        lines.append(f"{e.verdict.value} {e.fingerprint}  # iteration {it} [{e.phase}] {e.label}{src}")
+        size = "" if e.size is None else f" {{size {e.size}}}"
+        lines.append(f"{e.verdict.value} {e.fingerprint}  # iteration {it} [{e.phase}]{size} {e.label}{src}")
     return "\n".join(lines) + "\n"
 
 
-def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, str, str, str]]]:
+def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, str, str, str, int | None]]]:
     if not Path(path).exists():
         raise UserError(f"{path}: no such log file")
     command, cwd, verdicts = None, None, []
@@ -64,7 +66,8 @@ def parse_log(path: Path) -> tuple[list[str], str | None, list[tuple[Verdict, st
         comment = (m["label"] or "").strip()
         parts = _COMMENT.match(comment)
         phase, label = (parts["phase"], parts["label"]) if parts else ("", comment)
-        verdicts.append((Verdict.parse(m["verdict"]), m["fp"], label, phase))
+        size = int(parts["size"]) if parts and parts["size"] else None
+        verdicts.append((Verdict.parse(m["verdict"]), m["fp"], label, phase, size))
     if not command:
         raise UserError(f"{path}: no '# command:' line; write logs with `bisector log SESSION`")
     return command, cwd, verdicts
@@ -90,7 +93,7 @@ def log_is_foreign(logfile: Path) -> str | None:
     return foreign(Path(named), meta)
 
 
-def seed_journal(root: Path, verdicts: list[tuple[Verdict, str, str, str]]) -> Path:
+def seed_journal(root: Path, verdicts: list[tuple[Verdict, str, str, str, int | None]]) -> Path:
     """Create the session directory ``root`` with a journal holding the log's verdicts (taken as
     given: source ``replay``); the command that continues it is the caller's."""
     root = Path(root).absolute()
@@ -101,9 +104,9 @@ def seed_journal(root: Path, verdicts: list[tuple[Verdict, str, str, str]]) -> P
     except OSError as exc:
         raise UserError(f"cannot create {root}: {exc.strerror}") from None
     journal = Journal(root / JOURNAL_NAME)
-    for verdict, fp, label, phase in verdicts:
+    for verdict, fp, label, phase, size in verdicts:
         journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=label, phase=phase,
-                             source="replay"))
+                             source="replay", size=size))
     return root
 
 
@@ -197,6 +200,6 @@ def _journal(session, known: set[str], materializer, candidate, verdict: Verdict
     if fp in known:
         return 0
     session.journal.append(Entry(fingerprint=fp, verdict=verdict, iteration=None, label=candidate.label,
-                                 phase=candidate.phase, source="import"))
+                                 phase=candidate.phase, source="import", size=candidate.size))
     known.add(fp)
     return 1

@@ -138,6 +138,23 @@ class _Packer:
                 "dtypes": self.dtypes, "shapes": self.shapes, **extra}
 
 
+def _record_chunk(model, weights_dir, samples, given, chunk: list[str], path: Path, runtime, packer, name: str) -> None:
+    """Run ``model`` with ``chunk``'s tensors as outputs on every sample; pack what no given value replaces."""
+    m = _with_outputs(model, chunk)
+    path = mio.save(m, path, weights_from=weights_dir)
+    sess = runtime.session(path)
+    out_names = [o.name for o in sess.get_outputs()]
+    for s, sample in enumerate(samples):
+        wanted = set(chunk) - set(given[s])
+        try:
+            values = sess.run(out_names, dict(sample))
+        except Exception as exc:
+            raise UserError(f"onnxruntime failed to run the model: {' '.join(str(exc).split())[:300]}") from None
+        packer.write(f"{name}_{s}.bin", s, ((n, v) for n, v in zip(out_names, values) if n in wanted))
+    del sess
+    path.unlink()
+
+
 def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples: list[dict[str, np.ndarray]],
                        root: Path, runtime: OnnxRuntime | None = None,
                        budget_bytes: int = DEFAULT_BUDGET_BYTES,
@@ -178,19 +195,8 @@ def record_activations(model: onnx.ModelProto, weights_dir: Path | None, samples
             packer.write(f"given_{s}.bin", s, ((n, np.asarray(given[s][n])) for n in names if n in given[s]))
     runtime = runtime or (OnnxRuntime("cpu") if chunks else None)
     for ci, chunk in enumerate(chunks):
-        m = _with_outputs(model, chunk)
-        path = mio.save(m, tmp / f"record_{ci}.onnx", weights_from=weights_dir)
-        sess = runtime.session(path)
-        out_names = [o.name for o in sess.get_outputs()]
-        for s, sample in enumerate(samples):
-            wanted = set(chunk) - set(given[s])
-            try:
-                values = sess.run(out_names, dict(sample))
-            except Exception as exc:
-                raise UserError(f"onnxruntime failed to run the model: {' '.join(str(exc).split())[:300]}") from None
-            packer.write(f"chunk{ci}_{s}.bin", s, ((n, v) for n, v in zip(out_names, values) if n in wanted))
-        del sess
-        path.unlink()
+        _record_chunk(model, weights_dir, samples, given, chunk, tmp / f"record_{ci}.onnx", runtime, packer,
+                      f"chunk{ci}")
     (tmp / "index.json").write_text(json.dumps(packer.index(given=[n for n in names if n not in missing],
                                                             recorded=missing)))
     for p in tmp.glob("*.data"):

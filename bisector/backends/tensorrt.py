@@ -228,22 +228,10 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
         parser = parse_onnx(trt, network, onnx_path, logger)  # noqa: F841 (keeps weights alive)
-        config = builder.create_builder_config()
-        if detailed_profiling:
-            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if builder_optimization_level is not None:
-            config.builder_optimization_level = int(builder_optimization_level)
-        if not tf32:
-            config.clear_flag(builder_flag(trt, "TF32"))
-        if fp16:
-            config.set_flag(builder_flag(trt, "FP16"))
-        if bf16:
-            config.set_flag(builder_flag(trt, "BF16"))
-        if layer_precisions:
-            _constrain_layers(trt, network, layer_precisions)
-            config.set_flag(builder_flag(trt, PRECISION_CONSTRAINTS[precision_constraints]))
-        if editable_timing_cache:
-            config.set_flag(builder_flag(trt, "EDITABLE_TIMING_CACHE"))
+        config = _builder_config(trt, builder, network, detailed_profiling=detailed_profiling,
+                                 optimization_level=builder_optimization_level, tf32=tf32, fp16=fp16, bf16=bf16,
+                                 layer_precisions=layer_precisions, precision_constraints=precision_constraints,
+                                 editable_timing_cache=editable_timing_cache)
         cache = config.create_timing_cache(bytes(timing_cache or b""))
         if not config.set_timing_cache(cache, False):
             raise UserError("TensorRT rejected the timing cache",
@@ -255,6 +243,25 @@ def build_engine(onnx_path: str | os.PathLike, *, strongly_typed: bool = True, f
         return bytes(serialized), bytes(config.get_timing_cache().serialize())
     finally:
         logger.close()
+
+
+def _builder_config(trt, builder, network, *, detailed_profiling: bool, optimization_level: int | None, tf32: bool,
+                    fp16: bool, bf16: bool, layer_precisions, precision_constraints: str, editable_timing_cache: bool):
+    """The builder config that ``build_engine``'s arguments ask for (see its docstring)."""
+    config = builder.create_builder_config()
+    if detailed_profiling:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if optimization_level is not None:
+        config.builder_optimization_level = int(optimization_level)
+    if not tf32:
+        config.clear_flag(builder_flag(trt, "TF32"))
+    for name, on in (("FP16", fp16), ("BF16", bf16), ("EDITABLE_TIMING_CACHE", editable_timing_cache)):
+        if on:
+            config.set_flag(builder_flag(trt, name))
+    if layer_precisions:
+        _constrain_layers(trt, network, layer_precisions)
+        config.set_flag(builder_flag(trt, PRECISION_CONSTRAINTS[precision_constraints]))
+    return config
 
 
 def _constrain_layers(trt, network, layer_precisions: Mapping[str, str]) -> None:

@@ -89,7 +89,7 @@ class Verbosity:
         """Route the ``bisector`` loggers to stderr at ``level`` (nothing when silent), and to
         ``log_file`` too if given. ``nested``: the command line of a ``resume`` or ``replay``,
         run inside the one the user typed; its flags add to what that one set up, and remove none."""
-        from bisector.engine import EVENTS_LOGGER
+        from bisector.engine.records import EVENTS_LOGGER
 
         logger = logging.getLogger("bisector")
         ours = [h for h in logger.handlers if getattr(h, "_bisector", False)]

@@ -9,8 +9,8 @@ import typer
 
 from bisector.cli.options import WEIGHTS_HELP, CheckOptions, CompareOptions, DataOptions, SessionOptions, uses
 from bisector.errors import UserError, one_of
+from bisector.strategies.base import MODES
 
-MODES = ("auto", "bisect", "linear")
 DIRECTIONS = ("forward", "reverse")
 
 
@@ -40,6 +40,31 @@ def precision(
     from bisector.commands.compare import read_keep
 
     cmp = dataclasses.replace(cmp, precision=low_precision(cmp.precision, fp16, bf16, int8))
+    constraints, notes = _checked_flags(cmp, mode, direction, order, verify_minimal, constraints)
+    # The check runs the realized model as it is: its comparison gets no precision of its own.
+    check = build.check_spec(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
+    realize, why = (cmp.realize, "as asked") if cmp.realize else default_realize(cmp, chk.check_argv)
+    if cmp.precision != "int8" and not constraints and why != "as asked":
+        notes.append(f"realize: {why}; --realize {'true' if realize == 'emulate' else 'emulate'} to change")
+    artifact = precision_trt.ENGINE_ARTIFACT if constraints else DEFAULT_ARTIFACT
+    opts = prec.PrecisionOptions(model=model.absolute(), precision=cmp.precision, output=output and output.absolute(),
+                                 mode=mode, direction=direction, order=order, realize=realize,
+                                 keep_always=read_keep(cmp.keep_fp32), verify_minimal=verify_minimal,
+                                 reference=cmp.reference, weights=weights, constraints=constraints,
+                                 **build.candidate_fields(data, s, cmp, artifact))
+    command = prec.PrecisionCommand(opts)
+    command.check_outputs()
+    return build.Invocation(command, check, build.run_options(s), build.display(s), notes=notes,
+                            warnings=build.blind_check_warnings(chk.check_argv, opts.iter_artifact, model))
+
+
+def _checked_flags(cmp, mode: str, direction: str, order: Optional[str], verify_minimal: bool,
+                   constraints: Optional[str]) -> tuple[Optional[str], list[str]]:
+    """Refuse what cannot be done (before a session exists); the constraints as meant, and a note
+    for each flag given where it changes nothing."""
+    from bisector.commands import precision as prec
+    from bisector.commands import precision_trt
+
     if constraints == "none":  # Polygraphy's value for "no constraints": the ONNX rewrite, as without the flag
         constraints = None
     one_of("--mode", mode, MODES)
@@ -62,21 +87,7 @@ def precision(
         ("--dir", mode == "auto" and direction != "forward", "--mode bisect|linear"),
         ("--verify-minimal", verify_minimal and mode != "auto", "--mode auto"),
         ("--realize", cmp.precision == "int8" and cmp.realize is not None, "fp16 and bf16")) if unused]
-    # The check runs the realized model as it is: its comparison gets no precision of its own.
-    check = build.check_spec(chk, dataclasses.replace(cmp, precision=None, keep_fp32=None, realize=None))
-    realize, why = (cmp.realize, "as asked") if cmp.realize else default_realize(cmp, chk.check_argv)
-    if cmp.precision != "int8" and not constraints and why != "as asked":
-        notes.append(f"realize: {why}; --realize {'true' if realize == 'emulate' else 'emulate'} to change")
-    artifact = precision_trt.ENGINE_ARTIFACT if constraints else DEFAULT_ARTIFACT
-    opts = prec.PrecisionOptions(model=model.absolute(), precision=cmp.precision, output=output and output.absolute(),
-                                 mode=mode, direction=direction, order=order, realize=realize,
-                                 keep_always=read_keep(cmp.keep_fp32), verify_minimal=verify_minimal,
-                                 reference=cmp.reference, weights=weights, constraints=constraints,
-                                 **build.candidate_fields(data, s, cmp, artifact))
-    command = prec.PrecisionCommand(opts)
-    command.check_outputs()
-    return build.Invocation(command, check, build.run_options(s), build.display(s), notes=notes,
-                            warnings=build.blind_check_warnings(chk.check_argv, opts.iter_artifact, model))
+    return constraints, notes
 
 
 def default_realize(cmp, check_argv) -> tuple[str, str]:

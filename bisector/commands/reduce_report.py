@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
-import shlex
 
 from bisector.artifacts.report import first_failure
 from bisector.commands.base import Report, Table
 
 PHASE_ORDER = ("endpoints", "suffix", "prefix", "removal", "outputs", "inputs", "proof", "control")
-LABEL_SIZE = re.compile(r"\b(\d+) nodes?: ")
 
 
 def phase_table(session, original: int) -> list[dict]:
@@ -30,12 +27,10 @@ def phase_table(session, original: int) -> list[dict]:
 
 
 def _size(entry) -> int | None:
-    """A journaled candidate's node count: its items, or for a verdict replayed from a log (which
-    keeps the label, not the items) the count its label states ("12 nodes: a .. b", "1 node: a")."""
-    if entry.items is not None:
-        return len(entry.items)
-    m = LABEL_SIZE.search(entry.label or "")
-    return int(m[1]) if m else None
+    """A journaled candidate's node count (logs written before sizes were journaled: its items)."""
+    if entry.size is not None:
+        return entry.size
+    return len(entry.items) if entry.items is not None else None
 
 
 def reproduce_command(check, iter_artifact: str, artifact, inputs, *, reference=None, reference_kind: str = "onnxrt",

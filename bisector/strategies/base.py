@@ -54,6 +54,14 @@ class Candidate:
         return sorted(self.items)
 
 
+def smaller_first(items) -> tuple:
+    """The one definition of "a smaller candidate" (as Hypothesis's shrinker has one sort key):
+    fewer items first; among as many, the one whose sorted items come first (for reduce, the nodes
+    earliest in the graph), so that ties never depend on the order verdicts came in.
+    ``min(candidates, key=smaller_first)`` is the best of them."""
+    return (len(items), sorted(items))
+
+
 @dataclass(frozen=True)
 class Ask:
     candidate: Candidate

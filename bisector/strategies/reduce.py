@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from bisector.checks.base import Verdict
-from bisector.strategies.base import MODES, Candidate, Search, Strategy, bisect, ddmin
+from bisector.strategies.base import MODES, Candidate, Search, Strategy, bisect, ddmin, smaller_first
 
 SPAN_GAPS_SHOWN = 3  # nodes named in a label for what a candidate leaves out between its ends
 
@@ -176,11 +176,11 @@ class ReduceStrategy(Strategy):
             region = region[lo:]
             if frozenset(region) not in self.bad:
                 if (yield from self.check(suffix(lo))) != Verdict.BAD:
-                    region = sorted(min(self.bad, key=len))
+                    region = sorted(min(self.bad, key=smaller_first))
         elif frozenset(region) not in self.bad:  # p has no ancestors: its cone was never checked
             alone = self.cand(region, "prefix", f"alone, {self.span(region)}")
             if (yield from self.check(alone)) != Verdict.BAD:
-                region = sorted(min(self.bad, key=len))
+                region = sorted(min(self.bad, key=smaller_first))
         if len(region) > 1:
             def removal(subset: list) -> Candidate:
                 return self.cand(subset, "removal", f"remove to {self.span(subset)}")
@@ -227,7 +227,7 @@ class ReduceStrategy(Strategy):
                 yield from self.check(make(idx))
             chosen = None
         if chosen is None or chosen not in self.bad:
-            chosen = min(self.bad, key=lambda b: (len(b), sorted(b)))
+            chosen = min(self.bad, key=smaller_first)
         return sorted(chosen)
 
     def _verify(self, result: list[int]) -> Search:

@@ -1,100 +1,31 @@
-"""The engine: the one loop every strategy shares.
-
-It turns candidates into artifacts (through a :class:`Materializer`), runs checks (up to ``jobs``
-at once, on speculative candidates too), journals every verdict before the search goes on, never
-checks one fingerprint twice, and re-tests the endpoints first.
-
-Results are accepted in the strategy's order (C-Reduce's rule): the strategy is only ever told the
-verdict of the candidate it asked for; speculative results wait in the cache until asked for. So
-``-j N`` returns exactly the answer of ``-j 1``. Resume is the same loop over a journal that
-already holds verdicts: they are answered from the cache, with zero checks.
-"""
+"""The :class:`Engine`: drives a strategy, runs the checks, journals the verdicts (see the package
+docstring)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from bisector.artifacts.journal import Entry
 from bisector.artifacts.report import first_failure
 from bisector.artifacts.session import Session
 from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.process_group import kill_leftovers
-from bisector.errors import Inconclusive, SessionAborted, UserError
-from bisector.model.weights import DATA_SUFFIX
+from bisector.engine.outcome import EndpointError, Listener, Materializer, Outcome, Stats, TrivialFails
+from bisector.engine.records import log_event, remove_intermediate
+from bisector.errors import SessionAborted
 from bisector.strategies.base import Ask, Candidate, Strategy
 
 log = logging.getLogger(__name__)
-EVENTS_LOGGER = "bisector.events"  # one line per event, for --log-file (the console shows events itself)
-events_log = logging.getLogger(EVENTS_LOGGER)
-
-Listener = Callable[[dict[str, Any]], None]
 CANCEL_POLL_S = 0.1  # how often the end of a search cancels the checks still running
-
-
-class Materializer(Protocol):
-    """Turns a candidate into files a check can run on (strategy-specific)."""
-
-    def fingerprint(self, candidate: Candidate) -> str: ...
-
-    def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact: ...
-
-
-class EndpointError(UserError):
-    """The endpoints do not bracket a failure (the full subject passes, or the trivial one fails)."""
-
-
-class TrivialFails(EndpointError, Inconclusive):
-    """The trivial candidate, which must pass, fails: the check may be broken (exit EXIT_INCONCLUSIVE)."""
-
-
-@dataclass
-class Stats:
-    """Counts over the whole session: a resumed run starts from the checks its journal holds, so
-    a session interrupted and resumed reports what an uninterrupted one would. A verdict the
-    journal answers again (``cached``) is not a new check; replayed or imported verdicts
-    (``bisector replay``) were never checks here and are not counted."""
-
-    checks: int = 0  # check runs over the session (speculative ones included)
-    run_checks: int = 0  # of which in this run
-    cached: int = 0  # asks answered from the cache in this run (on resume: the journal's verdicts)
-    verdicts: dict[str, int] = field(default_factory=lambda: {"good": 0, "bad": 0, "skip": 0})
-    started: float = field(default_factory=time.monotonic)  # this run's start (elapsed is this run's)
-    check_seconds: float = 0.0  # over the session
-
-    @classmethod
-    def of(cls, entries) -> "Stats":
-        stats = cls()
-        for e in entries:
-            if e.source == "check":
-                stats.count(e.verdict, (e.evidence or {}).get("duration_s") or 0.0)
-        return stats
-
-    def count(self, verdict: Verdict, seconds: float) -> None:
-        self.checks += 1
-        self.check_seconds += seconds
-        self.verdicts[verdict.value] += 1
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-@dataclass
-class Outcome:
-    result: dict[str, Any]
-    stats: Stats
-    iterations: list[Entry]
 
 
 class Engine:
@@ -149,7 +80,7 @@ class Engine:
     # -- events -----------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
         payload = {"event": event, "time": round(time.time(), 3), **data}
-        _log_event(payload)
+        log_event(payload)
         for listen in self.listeners:
             try:
                 listen(payload)
@@ -384,7 +315,7 @@ class Engine:
         self.session.check_space()  # a check on a full disk fails for that reason: never journal it
         entry = Entry(fingerprint=fp, verdict=result.verdict, iteration=iteration, label=cand.label,
                       phase=cand.phase, speculative=speculative, evidence=result.to_json(),
-                      items=cand.sorted_items() if cand.size <= 4096 else None)
+                      items=cand.sorted_items() if cand.size <= 4096 else None, size=cand.size)
         self.session.journal.append(entry)  # fsync'd before anything else learns the verdict
         self.cache[fp] = entry
         self.stats.count(result.verdict, result.duration_s)
@@ -393,45 +324,9 @@ class Engine:
             self.session.sort_artifacts(iteration, artifact.workdir, self.artifacts, result.verdict.value,
                                         self.art_dir)
         if not self.keep_intermediate:
-            _remove_intermediate(artifact)
+            remove_intermediate(artifact)
         self.emit("verdict", iteration=iteration, fingerprint=fp, label=cand.label, phase=cand.phase,
                   size=cand.size, verdict=result.verdict.value, duration_s=round(result.duration_s, 3),
                   speculative=speculative, note=result.note, exit_code=result.exit_code,
                   output=result.output if self.check.should_show(result) else "", workdir=str(artifact.workdir),
                   **self._progress())
-
-
-def _log_event(e: dict[str, Any]) -> None:
-    """One log line per event, for ``--log-file`` (the console shows events its own way): verdicts
-    and the start and end at INFO, the rest at DEBUG."""
-    kind = e["event"]
-    level = logging.INFO if kind in ("verdict", "start", "done", "dropped") else logging.DEBUG
-    if not events_log.isEnabledFor(level):  # nothing records it (no --log-file): build no line
-        return
-    if kind == "verdict":
-        note = f" ({e['note']})" if e.get("note") else ""
-        events_log.info("iteration %s: %s [%s] -> %s in %.2f s%s%s", e["iteration"], e["label"], e["phase"],
-                        e["verdict"], e["duration_s"], " (speculative)" if e.get("speculative") else "", note)
-    else:
-        events_log.log(level, "%s: %s", kind, {k: v for k, v in e.items() if k not in ("event", "time", "result")})
-
-
-def _remove_intermediate(artifact: Artifact) -> None:
-    """Remove what bisector put in an iteration directory: the artifact, its own data file
-    (``polygraphy_debug.onnx.data``), its inputs and the links to the session's weights. The
-    check's log and whatever the check wrote stay."""
-    path = Path(artifact.path)
-    for p in (path, path.with_name(path.name + DATA_SUFFIX), artifact.inputs_path):
-        if p is not None and Path(p).is_file():
-            Path(p).unlink()
-    weights = Path(artifact.weights_dir) if artifact.weights_dir else None
-    workdir = Path(artifact.workdir)
-    if weights is None or not weights.is_dir() or not workdir.is_dir() or weights.resolve() == workdir.resolve():
-        return  # (int8 candidates: their weights are in the iteration directory, with the check's files)
-    for src in weights.iterdir():
-        dst = Path(artifact.workdir) / src.name
-        try:
-            if dst.is_file() and os.path.samefile(src, dst):
-                dst.unlink()
-        except OSError:
-            pass
