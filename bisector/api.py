@@ -6,7 +6,7 @@ The CLI, the tests and the daemon all start a command the same way::
     from bisector.checks.spec import CheckSpec
     from bisector.commands.reduce import ReduceCommand, ReduceOptions
 
-    run = api.run(ReduceCommand(ReduceOptions(model=Path("m.onnx"), output=Path("r.onnx"))),
+    run = api.run(ReduceCommand(ReduceOptions(model=Path("m.onnx"), output=Path("r.onnx"))),  # paths: from here
                   CheckSpec.command(["python", "check.py", "{artifact}"]),
                   api.RunOptions(session=Path("s"), jobs=2))
     run.report.result.node_names, run.exit_code
@@ -28,7 +28,7 @@ from bisector.artifacts.report import write_reports
 from bisector.artifacts.session import Session, load_meta
 from bisector.checks.process_group import kill_leftovers
 from bisector.checks.spec import CheckSpec
-from bisector.codec import decode, encode
+from bisector.codec import absolute, decode, encode
 from bisector.commands.base import Command, Plan, Report
 from bisector.engine import Engine, Outcome
 from bisector.errors import UserError
@@ -56,9 +56,9 @@ class RunOptions:
 
     def validate(self) -> None:
         if self.jobs < 1:
-            raise UserError(f"-j/--jobs must be at least 1, not {self.jobs}")
+            raise UserError(f"`jobs` must be at least 1, not {self.jobs}")
         if self.iter_info and Path(self.iter_info).is_absolute() and self.jobs > 1:
-            raise UserError(f"--iter-info {self.iter_info}: with -j {self.jobs}, checks running at once would "
+            raise UserError(f"`iter_info` {self.iter_info}: with -j {self.jobs}, checks running at once would "
                             f"share one file", hint="give a relative name: it is written in each iteration directory")
 
 
@@ -83,10 +83,10 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
     report (default: the equivalent ``bisector`` call is not rebuilt; the spec is what resumes);
     ``built`` a Check already built from ``check`` (tests pass their own)."""
     options.validate()
+    command, check, options = type(command)(absolute(command.options)), check.anchored(), absolute(options)
     check_obj = built if built is not None else check.build()
     command.check_outputs()
-    if command.model is not None:
-        private_like(command.model)
+    umask = private_like(command.model) if command.model is not None else None
     if options.session is not None and Path(options.session).is_dir():
         kill_leftovers(Path(options.session).absolute())  # before anything else holds a GPU
     spec = {"command": command.to_json(), "check": check.to_json(), "run": encode(options)}
@@ -118,6 +118,8 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
         return Run(session, plan, outcome, report, notes)
     finally:
         session.close()
+        if umask is not None:
+            os.umask(umask)
 
 
 def resume(root: Path, *, output: Path | None = None, confine: bool = False,
@@ -178,14 +180,17 @@ def _model_meta(command: Command) -> dict | None:
     return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path, command.data_dir)}
 
 
-def private_like(model: Path) -> None:
+def private_like(model: Path) -> int | None:
     """Nothing bisector writes from ``model`` (weights, recorded activations, answers, what checks
-    write) may be more readable than the model is: the process's umask takes away every permission
-    the model's owner did not give (a 0600 model gives 0600 files and 0700 directories)."""
+    write) may be more readable than the model is: while the session runs, the process's umask
+    takes away every permission the model's owner did not give (a 0600 model gives 0600 files and
+    0700 directories). Returns the umask to restore."""
     try:
         mode = os.stat(model).st_mode & 0o777
     except OSError:
-        return
+        return None
     allowed = mode | ((mode & 0o444) >> 2)  # directories: x wherever r is given
     current = os.umask(0)
     os.umask(current | (0o777 & ~allowed))
+    return current
+

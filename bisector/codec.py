@@ -65,3 +65,16 @@ def _as(hint: Any, value: Any) -> Any:
         _, arg = typing.get_args(hint) or (Any, Any)
         return {k: _as(arg, v) for k, v in value.items()}
     return value
+
+
+def absolute(value):
+    """``value`` with every Path (in a dataclass's fields, lists and tuples too) made absolute, so
+    that what a session records works from any directory."""
+    if isinstance(value, Path):
+        return value.absolute()
+    if isinstance(value, (list, tuple)):
+        return type(value)(absolute(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: absolute(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value

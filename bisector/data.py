@@ -338,11 +338,11 @@ def _sample_array(rng: np.random.RandomState, name: str, dtype: np.dtype, shape:
         if hi < lo or (np.issubdtype(dtype, np.integer) and not
                        (np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max)):
             raise UserError(f"input {name}: value range [{lo}, {hi}] is empty or outside {dtype}",
-                            hint="fix --val-range")
+                            hint="fix `val_range`")
         return np.array(rng.randint(low=lo, high=hi + 1, size=shape, dtype=dtype))
     if not np.issubdtype(dtype, np.floating):
         raise UserError(f"input {name}: cannot generate data of type {dtype}",
-                        hint="supply inputs with --load-inputs")
+                        hint="supply inputs with `load_inputs`")
     lo, hi = float(lo), float(hi)
     scale, shift = hi - lo, lo  # Polygraphy's handling, so that infinite bounds yield infinities
     if np.isinf(lo):
@@ -376,9 +376,9 @@ def parse_val_range(args: list[str] | None) -> dict[str, tuple[float, float]]:
                 raise ValueError
             lo, hi = (_number(v) for v in value[1:-1].split(","))
         except ValueError:
-            raise UserError(f"--val-range {arg!r}: expected [min,max] or NAME:[min,max], "
+            raise UserError(f"`val_range` {arg!r}: expected [min,max] or NAME:[min,max], "
                             "e.g. x:[0,1]") from None
         if hi < lo:
-            raise UserError(f"--val-range {arg!r}: min {lo} is greater than max {hi}")
+            raise UserError(f"`val_range` {arg!r}: min {lo} is greater than max {hi}")
         ranges[name] = (lo, hi)
     return ranges

@@ -2,6 +2,8 @@
 
 ``UserError`` is the user's to fix (a missing file, a bad flag, a check command that does not
 exist): the CLI prints its one-line message, plus the hint if there is one, and exits with 2.
+Below the CLI, a message names an option by its field in backticks (`` `check_timeout` ``); the CLI
+shows the flag instead (``--check-timeout``, from its one table ``cli.build.FLAGS``).
 Anything else is a bug in bisector and keeps its traceback.
 """
 

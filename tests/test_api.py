@@ -71,3 +71,31 @@ def test_an_old_or_damaged_spec_is_a_user_error(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(UserError, match="older bisector"):
         api.resume(Path(tmp_path / "s"))
+
+
+def test_relative_paths_given_to_the_api_work_from_any_directory(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(fixture_path("chain"), work / "m.onnx")
+    (work / "m.onnx").chmod(0o600)
+    monkeypatch.chdir(work)
+    before = os.umask(0o022)
+    try:
+        api.run(ReduceCommand(ReduceOptions(model=Path("m.onnx"), output=Path("out/r.onnx"))),
+                CheckSpec(kind="command", argv=FAULTY.argv), api.RunOptions(session=Path("s")))
+        assert os.umask(0o022) == 0o022  # the session's umask (from a 0600 model) is not left behind
+    finally:
+        os.umask(before)
+    stored = json.loads((work / "s" / "session.json").read_text())["spec"]
+    assert stored["command"]["options"]["model"] == str(work / "m.onnx")
+    assert stored["check"]["launch_dir"] == str(work)
+    monkeypatch.chdir(elsewhere)
+    command, check, options = api.resume(work / "s", output=elsewhere / "once.onnx")
+    api.run(command, check, options)
+    assert (elsewhere / "once.onnx").exists()
+    again, _, _ = api.resume(work / "s")  # -o was for that resume only
+    assert again.options.output == work / "out" / "r.onnx"

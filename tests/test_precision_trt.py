@@ -65,7 +65,7 @@ def test_weak_typing_refused_from_10_12(version):
         require_weak_typing(version)
     exc = info.value
     assert f"TensorRT {version}" in exc.message and "removed in 11" in exc.message and "\n" not in str(exc)
-    assert "--precision-constraints" in exc.hint and "mixed.onnx" in exc.hint
+    assert "`constraints`" in exc.hint and "mixed.onnx" in exc.hint
 
 
 def test_build_engine_refuses_unknown_constraints_before_importing_tensorrt():

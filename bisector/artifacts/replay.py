@@ -98,7 +98,7 @@ def seed_journal(root: Path, verdicts: list[tuple[Verdict, str, str, str, int | 
     given: source ``replay``); the command that continues it is the caller's."""
     root = Path(root).absolute()
     if (root / "session.json").exists() or (root / JOURNAL_NAME).exists():
-        raise UserError(f"{root} already holds a session", hint="replay into a new --session directory")
+        raise UserError(f"{root} already holds a session", hint="replay into a new `session` directory")
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

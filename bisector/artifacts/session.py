@@ -79,7 +79,7 @@ class Session:
                             f"{a.verdict.value} at iteration {a.iteration}, {b.verdict.value} at iteration "
                             f"{b.iteration} ({len(conflicts)} conflict(s)); two processes ran the session at once",
                             hint=f"bisector log {self.root} > log.txt, keep one verdict per candidate, then "
-                                 f"bisector replay log.txt --session NEW_DIR")
+                                 f"bisector replay log.txt `session` NEW_DIR")
 
     def close(self) -> None:
         """Let another process run the session."""
@@ -102,7 +102,7 @@ class Session:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)  # weights, activations: as private as can be
         except OSError as exc:
             raise UserError(f"cannot create session directory {root}: {exc.strerror or exc}",
-                            hint="pass --session DIR somewhere writable") from None
+                            hint="pass `session` DIR somewhere writable") from None
         lock = take_lock(root)
         try:
             if meta_path.exists():
@@ -110,11 +110,8 @@ class Session:
                 diff = _difference(meta, strategy, params, model)
                 if diff and not _start_over(root, meta):
                     raise UserError(f"{root} holds a different session: {diff}",
-                                    hint="use a new --session directory, or the original command")
-                if not diff:
-                    if spec is not None and meta.get("spec") != spec:  # same search, other run options or outputs
-                        meta["spec"] = spec
-                        _write_json_atomic(meta_path, meta)
+                                    hint="use a new `session` directory, or the original command")
+                if not diff:  # its spec stays as it began: a resume's -o or -j is for that run only
                     return cls(root, meta, lock)
                 own_dir = True  # _start_over empties only a directory bisector made
             meta = {"format": SESSION_FORMAT, "strategy": strategy, "command": command, "params": params,
@@ -126,7 +123,7 @@ class Session:
                 _write_json_atomic(meta_path, meta)
             except OSError as exc:
                 raise UserError(f"cannot create session directory {root}: {exc.strerror or exc}",
-                                hint="pass --session DIR somewhere writable") from None
+                                hint="pass `session` DIR somewhere writable") from None
             return cls(root, meta, lock)
         except BaseException:
             if lock is not None:
@@ -201,7 +198,7 @@ def take_lock(root: Path):
         f = open(root / LOCK_NAME, "a+")
     except OSError as exc:
         raise UserError(f"cannot open {root / LOCK_NAME}: {exc.strerror or exc}",
-                        hint="pass --session DIR somewhere writable") from None
+                        hint="pass `session` DIR somewhere writable") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

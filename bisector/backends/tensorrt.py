@@ -80,7 +80,7 @@ def require_weak_typing(version: str) -> tuple[int, ...]:
     if parsed[:2] > LAST_WEAK_TYPING:
         raise UserError(f"TensorRT {version} has no weak typing for bisector (layer precision constraints were "
                         "deprecated in 10.12 and removed in 11)",
-                        hint="drop --precision-constraints: the keep-set is then written into the ONNX graph "
+                        hint="drop `constraints`: the keep-set is then written into the ONNX graph "
                              "(mixed.onnx), which every TensorRT version builds strongly typed")
     return parsed
 

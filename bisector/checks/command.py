@@ -106,13 +106,13 @@ class CommandCheck(Check):
     ):
         if not argv:
             raise UserError("the check command is empty", hint="put the command after --check")
-        for flag, value in (("--on-timeout", on_timeout), ("--on-crash", on_crash)):
+        for field, value in (("on_timeout", on_timeout), ("on_crash", on_crash)):
             if value not in ON_FAILURE_CHOICES:
-                raise UserError(f"{flag} {value!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
+                raise UserError(f"`{field}` {value!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
         if show_output and hide_fail_output:
-            raise UserError("--show-output and --hide-fail-output exclude each other")
+            raise UserError("`show_output` and `hide_fail_output` exclude each other")
         if timeout_s is not None and not 0 < timeout_s < float("inf"):  # nan too
-            raise UserError(f"--check-timeout {timeout_s}: expected a positive number of seconds")
+            raise UserError(f"`check_timeout` {timeout_s}: expected a positive number of seconds")
         first = argv[0]
         if os.sep in first and not os.path.isabs(first):
             first = os.path.abspath(first)

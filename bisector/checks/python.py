@@ -68,7 +68,7 @@ class PythonCheck(Check):
         if not callable(func):
             raise UserError(f"check function {name or func!r} is not callable")
         if on_crash not in ON_FAILURE_CHOICES:
-            raise UserError(f"--on-crash {on_crash!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
+            raise UserError(f"`on_crash` {on_crash!r}: expected one of {', '.join(ON_FAILURE_CHOICES)}")
         self.func = func
         self.name = name or getattr(func, "__qualname__", repr(func))
         self.on_crash = on_crash
@@ -81,7 +81,7 @@ class PythonCheck(Check):
         """``--check-func module:function``; the current directory is searched for the module too."""
         module_name, sep, func_name = spec.rpartition(":")
         if not sep or not module_name or not func_name:
-            raise UserError(f"--check-func {spec!r}: expected module:function, e.g. mychecks:compare")
+            raise UserError(f"`check_func` {spec!r}: expected module:function, e.g. mychecks:compare")
         module = _import_module(module_name)
         return cls(_get_function(module, func_name, f"module {module_name!r}"), name=spec, **kwargs)
 
@@ -189,12 +189,12 @@ def _import_module(module_name: str) -> Any:
             missing = exc.name or ""
             if missing == module_name or module_name.startswith(missing + "."):
                 raise UserError(
-                    f"--check-func: module {module_name!r} not found",
+                    f"`check_func`: module {module_name!r} not found",
                     hint="run from the directory that holds it, or set PYTHONPATH",
                 ) from None
-            raise UserError(f"--check-func: importing {module_name!r} failed: {exc}") from None
+            raise UserError(f"`check_func`: importing {module_name!r} failed: {exc}") from None
         except Exception as exc:
-            raise UserError(f"--check-func: importing {module_name!r} failed: {_one_line(exc)}") from None
+            raise UserError(f"`check_func`: importing {module_name!r} failed: {_one_line(exc)}") from None
 
 
 def _load_script(path: Path) -> Any:

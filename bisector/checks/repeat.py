@@ -82,9 +82,9 @@ class RepeatCheck(Check):
 
     def __init__(self, inner: Check, repeat: int = 3, vote: str = "any", stop_early: bool = True):
         if repeat < 1:
-            raise UserError(f"--repeat {repeat}: expected at least 1")
+            raise UserError(f"`repeat` {repeat}: expected at least 1")
         if vote not in VOTES:
-            raise UserError(f"--vote {vote!r}: expected one of {', '.join(VOTES)}")
+            raise UserError(f"`vote` {vote!r}: expected one of {', '.join(VOTES)}")
         self._inner = inner
         self.repeat = repeat
         self.vote = vote

@@ -108,6 +108,17 @@ class CheckSpec:
                 continue
         return out
 
+    def anchored(self) -> "CheckSpec":
+        """The spec with what it names made absolute or pinned to this directory (a script's path;
+        the directory a command's relative paths and a ``--check-func`` module are found in), so
+        that a resume from anywhere rebuilds the same check."""
+        changes: dict[str, Any] = {}
+        if self.launch_dir is None and self.kind in ("command", "func"):
+            changes["launch_dir"] = os.getcwd()
+        if self.kind == "script" and self.script and not os.path.isabs(self.script):
+            changes["script"] = os.path.abspath(self.script)
+        return replace(self, **changes) if changes else self
+
     def without_target_precision(self) -> "CheckSpec":
         """The same check with an in-process comparison that runs candidates as they are (precision
         realizes its candidates itself)."""
@@ -126,9 +137,9 @@ class CheckSpec:
         if self.kind not in KINDS:
             raise UserError(f"unknown check kind {self.kind!r}")
         if self.repeat < 1:
-            raise UserError("--repeat must be at least 1")
+            raise UserError("`repeat` must be at least 1")
         if self.vote not in VOTES:
-            raise UserError(f"--vote {self.vote!r}: choose {', '.join(VOTES)}")
+            raise UserError(f"`vote` {self.vote!r}: choose {', '.join(VOTES)}")
         check = self._build_one()
         return RepeatCheck(check, repeat=self.repeat, vote=self.vote) if self.repeat > 1 else check
 
@@ -149,6 +160,10 @@ class CheckSpec:
             from bisector.checks.python import PythonCheck
 
             if self.kind == "func":
+                import sys
+
+                if self.launch_dir and self.launch_dir not in sys.path:  # `module:function` as seen from there
+                    sys.path.insert(0, self.launch_dir)
                 return PythonCheck.from_spec(self.func, on_crash=self.on_crash)
             return PythonCheck.from_script(self.script, on_crash=self.on_crash)
         if self.kind == "compare":

@@ -62,7 +62,7 @@ def _compile(regex: str | Pattern[str]) -> Pattern[str]:
     try:
         return re.compile(regex)
     except re.error as exc:
-        raise UserError(f"--fail-regex {regex!r} is not a valid regular expression: {exc}") from None
+        raise UserError(f"`fail_regex` {regex!r} is not a valid regular expression: {exc}") from None
 
 
 def decide(exit_code: int, output: str, rules: VerdictRules) -> Verdict:

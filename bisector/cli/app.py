@@ -87,7 +87,9 @@ def main(argv: Optional[list[str]] = None, exit: bool = True) -> int:
 
 
 def _check_at(argv: list[str]) -> int:
-    return next((i for i, a in enumerate(argv) if a in ("--check", "--check-inference")), len(argv))
+    from bisector.cli.options import CHECK_FLAGS
+
+    return next((i for i, a in enumerate(argv) if a in CHECK_FLAGS), len(argv))
 
 
 def _main(argv: list[str], ui) -> int:
@@ -171,7 +173,11 @@ def _session_of(inv) -> Optional[str]:
 
 
 def error_line(ui, message: str, hint: Optional[str] = None) -> None:
-    """The one line every user error ends in (``bisector: error: ...``), and its hint below it."""
+    """The one line every user error ends in (``bisector: error: ...``), and its hint below it; the
+    option fields that errors from below name are shown as their flags."""
+    from bisector.cli.build import render_fields
+
+    message, hint = render_fields(message), render_fields(hint)
     ui.last_error = message
     ui.err.print(f"[bold red]bisector: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:

@@ -25,8 +25,28 @@ COMPARE_ONLY_FLAGS = (("--provider", "provider"), ("--precision", "precision"), 
                       ("--validate", "validate"))
 
 
-# The flag of each option field a stored command may write to (for what resume and replay say).
-OUTPUT_FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-inputs"}
+# The one table from option fields to their flags. Errors below the CLI name fields in backticks
+# (`jobs must be at least 1`); the CLI shows the flag instead (`render_fields`).
+FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-inputs", "jobs": "-j/--jobs",
+         "session": "--session", "iter_info": "--iter-info", "repeat": "--repeat", "vote": "--vote",
+         "fail_regex": "--fail-regex", "on_crash": "--on-crash", "on_timeout": "--on-timeout",
+         "check_func": "--check-func", "check_script": "--check-script", "show_output": "--show-output",
+         "hide_fail_output": "--hide-fail-output", "check_timeout": "--check-timeout", "val_range": "--val-range",
+         "check_error_stat": "--check-error-stat", "error_quantile": "--error-quantile", "until": "--until",
+         "load_outputs": "--load-outputs", "load_inputs": "--load-inputs", "keep_fp32": "--keep-fp32",
+         "constraints": "--precision-constraints", "data_loader_script": "--data-loader-script",
+         "external_data_dir": "--external-data-dir", "input_shapes": "--input-shapes", "realize": "--realize",
+         "precision": "--precision"}
+OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
+
+
+def render_fields(text: str | None) -> str | None:
+    """``text`` with each backticked field name (`` `jobs` ``) shown as its flag (``-j/--jobs``)."""
+    import re
+
+    if text is None:
+        return None
+    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m[1], m[0]), text)
 
 
 def moved_outputs(before, after) -> list[str]:
@@ -63,18 +83,6 @@ class Invocation:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     confirm: tuple[str, str | None, bool] | None = None  # (source, why foreign or None, --yes)
-
-
-def absolute(value):
-    """``value`` with every Path (in a dataclass's fields, lists and tuples too) made absolute."""
-    if isinstance(value, Path):
-        return value.absolute()
-    if isinstance(value, (list, tuple)):
-        return type(value)(absolute(v) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: absolute(getattr(value, f.name))
-                                             for f in dataclasses.fields(value) if f.init})
-    return value
 
 
 def compare_spec(c: CompareOptions) -> CompareSpec:

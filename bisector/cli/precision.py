@@ -53,7 +53,6 @@ def precision(
                                  reference=cmp.reference, weights=weights, constraints=constraints,
                                  **build.candidate_fields(data, s, cmp, artifact))
     command = prec.PrecisionCommand(opts)
-    command.check_outputs()
     return build.Invocation(command, check, build.run_options(s), build.display(s), notes=notes,
                             warnings=build.blind_check_warnings(chk.check_argv, opts.iter_artifact, model))
 

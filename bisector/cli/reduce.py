@@ -47,6 +47,5 @@ def reduce(
                              verify_minimal=verify_minimal, cut_feed=cut_feed, weights=weights,
                              **build.candidate_fields(data, s, cmp, DEFAULT_ARTIFACT))
     command = red.ReduceCommand(opts)
-    command.check_outputs()
     return build.Invocation(command, build.check_spec(chk, cmp), build.run_options(s), build.display(s),
                             warnings=build.blind_check_warnings(chk.check_argv, opts.iter_artifact, model))

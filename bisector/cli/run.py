@@ -39,6 +39,8 @@ class Ui:
 
 def execute(inv: Invocation, ui: Ui) -> int:
     """Show, confirm, run, report; the exit code."""
+    if inv.display.json:  # (a replayed command line may ask for it): stdout keeps the one object
+        ui.out = ui.err
     for text in inv.notes:
         ui.note(text)
     for text in inv.warnings:

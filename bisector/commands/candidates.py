@@ -118,7 +118,7 @@ def sample_source(script: str | None) -> str:
 def one_sample_source(load: list[Path] | None, script: str | None) -> None:
     """UserError if both ``--load-inputs`` and ``--data-loader-script`` are given."""
     if script and load:
-        raise UserError("--load-inputs and --data-loader-script both give the input data: choose one")
+        raise UserError("`load_inputs` and `data_loader_script` both give the input data: choose one")
 
 
 def loaded_samples(load: list[Path] | None, script: str | None) -> list[dict[str, np.ndarray]] | None:
@@ -222,33 +222,33 @@ def _script_samples(spec: str) -> tuple[dict[str, np.ndarray], ...]:
     path, _, func = spec.partition(":")
     func = func or DATA_LOADER_FUNCTION
     if not Path(path).is_file():
-        raise UserError(f"--data-loader-script {path}: no such file")
+        raise UserError(f"`data_loader_script` {path}: no such file")
     here = str(Path(path).resolve().parent)
     sys.path.insert(0, here)  # the script may import modules beside it, as Polygraphy allows
     try:
         try:
             namespace = runpy.run_path(path)
         except Exception as exc:
-            raise UserError(f"--data-loader-script {path} raised {type(exc).__name__}: {exc}") from None
+            raise UserError(f"`data_loader_script` {path} raised {type(exc).__name__}: {exc}") from None
         if not callable(namespace.get(func)):
-            raise UserError(f"--data-loader-script {path} defines no function {func!r}",
+            raise UserError(f"`data_loader_script` {path} defines no function {func!r}",
                             hint="name another one with path.py:function")
         out = []
         try:
             for i, sample in enumerate(namespace[func]()):
                 if not isinstance(sample, Mapping):
-                    raise UserError(f"--data-loader-script {spec}: sample {i} is a {type(sample).__name__}, "
+                    raise UserError(f"`data_loader_script` {spec}: sample {i} is a {type(sample).__name__}, "
                                     f"not a dict of input name to array")
                 out.append({str(k): np.asarray(v) for k, v in sample.items()})
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"--data-loader-script {spec} raised {type(exc).__name__}: {exc}") from None
+            raise UserError(f"`data_loader_script` {spec} raised {type(exc).__name__}: {exc}") from None
     finally:
         if here in sys.path:
             sys.path.remove(here)
     if not out:
-        raise UserError(f"--data-loader-script {spec} yielded no samples")
+        raise UserError(f"`data_loader_script` {spec} yielded no samples")
     return tuple(out)
 
 

@@ -168,7 +168,7 @@ def setup(opts: PrecisionOptions, session_root: Path) -> Setup:
     names = [n.name for n in prepared.model.graph.node]
     unknown = sorted(opts.keep_always - set(names))
     if unknown:
-        raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model")
+        raise UserError(f"`keep_fp32` names {unknown[0]!r}, which is no node of the model")
     (root / "reference").mkdir(exist_ok=True)
     reference = run_reference(opts.reference, prepared.model, prepared.weights_dir, root / "reference", samples)
     engines = None
@@ -342,5 +342,5 @@ class PrecisionCommand(Command):
         if isinstance(error, EndpointError) and not isinstance(error, TrivialFails) and o.realize == "true" \
                 and o.precision != "int8" and o.constraints is None:
             return type(error)(error.message, hint="onnxruntime CPU computes most fp16 ops in fp32, so a true fp16 "
-                                                   "model hides overflow there: try --realize emulate")
+                                                   "model hides overflow there: try `realize` emulate")
         return error

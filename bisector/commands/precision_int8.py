@@ -75,7 +75,7 @@ class Int8Quantizer:
         try:
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         except ImportError:
-            raise UserError("--precision int8 needs onnxruntime's quantization tools",
+            raise UserError("`precision` int8 needs onnxruntime's quantization tools",
                             hint="pip install onnxruntime") from None
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with self.lock:  # the first call calibrates and writes the cache

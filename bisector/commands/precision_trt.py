@@ -120,8 +120,8 @@ def check_weak_typing(precision: str, constraints: str) -> None:
     """UserError unless this path can run here: fp16/bf16, obey/prefer, tensorrt <= 10.11 importable."""
     one_of("--precision-constraints", constraints, CONSTRAINTS)
     if precision not in WEAK_PRECISIONS:
-        raise UserError(f"--precision-constraints works with fp16 or bf16, not {precision}",
-                        hint="int8 is searched with QDQ models: drop --precision-constraints")
+        raise UserError(f"`constraints` works with fp16 or bf16, not {precision}",
+                        hint="int8 is searched with QDQ models: drop `constraints`")
     from bisector.backends.tensorrt import weak_typing_trt
 
     weak_typing_trt()

@@ -175,7 +175,7 @@ class ReduceCommand(Command):
         if o.output is None and o.min_good is None:
             raise UserError("reduce needs an output (-o) or a min-good path to know where to write the answer")
         if o.output is not None and o.min_good is not None and Path(o.output).absolute() == Path(o.min_good).absolute():
-            raise UserError("-o and --min-good name the same file: the answer and the passing model would overwrite "
+            raise UserError("-o and `min_good` name the same file: the answer and the passing model would overwrite "
                             "each other")
         for path in (o.output, o.min_good, o.save_inputs):
             check_writable(path, o.model)

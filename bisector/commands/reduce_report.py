@@ -51,7 +51,8 @@ def reproduce_command(check, iter_artifact: str, artifact, inputs, *, reference=
     argv = list(check.argv) if check.kind == "command" else None
     if argv:
         return [artifact if a == iter_artifact else inputs if a == "inputs.json"
-                else _absolute(a.replace("{artifact}", artifact).replace("{inputs}", inputs), i, argv)
+                else _absolute(a.replace("{artifact}", artifact).replace("{inputs}", inputs), i, argv,
+                               check.launch_dir or os.getcwd())
                 for i, a in enumerate(argv)]
     if engine and reference is not None:
         return ["polygraphy", "run", artifact, "--model-type", "engine", "--trt", "--load-inputs", inputs,
@@ -79,14 +80,15 @@ def reproduce_command(check, iter_artifact: str, artifact, inputs, *, reference=
     return cmd
 
 
-def _absolute(arg: str, i: int, argv: list[str]) -> str:
-    """A relative path in the check command that names a file here (``--load-outputs ref.json``)
-    is made absolute, so the printed command works from any directory; the command's own name and
-    ``python -m NAME`` are left alone."""
+def _absolute(arg: str, i: int, argv: list[str], base: str) -> str:
+    """A relative path in the check command that names a file where the check was started
+    (``base``, its launch directory: ``--load-outputs ref.json``) is made absolute, so the printed
+    command works from any directory; the command's own name and ``python -m NAME`` are left alone."""
     prefix, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
     if i == 0 or not value or os.path.isabs(value) or value.startswith("-") or argv[i - 1] == "-m":
         return arg
-    return f"{prefix}{eq}{os.path.abspath(value)}" if os.path.isfile(value) else arg
+    path = os.path.join(base, value)
+    return f"{prefix}{eq}{path}" if os.path.isfile(path) else arg
 
 
 def count(n: int, noun: str) -> str:

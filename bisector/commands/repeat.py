@@ -20,7 +20,7 @@ def parse_until(text: str) -> tuple[Verdict | None, int | None]:
         return Verdict.parse(word), None
     if word.isdigit() and int(word) > 0:
         return None, int(word)
-    raise UserError(f"--until {text!r}: expected good, bad or a positive number")
+    raise UserError(f"`until` {text!r}: expected good, bad or a positive number")
 
 
 class RepeatMaterializer:

@@ -81,12 +81,12 @@ class CompareConfig:
     def __post_init__(self):
         for stat in [self.check_error_stat, *self.stat_per_output.values()]:
             if stat not in STATS:
-                raise UserError(f"unknown --check-error-stat {stat!r}; choose one of {', '.join(STATS)}")
+                raise UserError(f"unknown `check_error_stat` {stat!r}; choose one of {', '.join(STATS)}")
         for tol in [self.rtol, self.atol, *self.rtol_per_output.values(), *self.atol_per_output.values()]:
             if not tol >= 0:
                 raise UserError(f"tolerance {tol} must be >= 0")
         if not 0 <= self.error_quantile <= 1:
-            raise UserError(f"--error-quantile {self.error_quantile} must be in [0, 1]")
+            raise UserError(f"`error_quantile` {self.error_quantile} must be in [0, 1]")
 
     @classmethod
     def from_flags(cls, atol: Sequence[str] | None = None, rtol: Sequence[str] | None = None,

@@ -190,7 +190,7 @@ class Engine:
             raise EndpointError(
                 f"{must_fail.label or 'the full subject'}: {what} the check, so there is no failure to search for",
                 hint="is the check right? run it by hand on the model; if the failure comes and goes, "
-                     "try --repeat 3 --vote any")
+                     "try `repeat` 3 `vote` any")
         if must_pass is not None:
             v = self.resolve(Ask(must_pass, tuple(ahead)))
             if v != Verdict.GOOD:
@@ -200,7 +200,7 @@ class Engine:
                     f"does not come from what this search changes; first failing check: "
                     f"{first_failure(self.session)}",
                     hint="check the check: does it fail for another reason (a missing file, a crash)? "
-                         "a flaky check needs --repeat 3 --vote majority")
+                         "a flaky check needs `repeat` 3 `vote` majority")
 
     def resolve(self, ask: Ask) -> Verdict:
         """The verdict of ``ask.candidate``: from the cache, a running check, or a new one."""

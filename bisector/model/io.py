@@ -69,11 +69,11 @@ def load(path: str | os.PathLike, *, check_external: bool = True, data_dir: Path
     if check_external:
         missing = missing_external_files(model, Path(data_dir) if data_dir else p.parent)
         if missing and data_dir:
-            raise UserError(f"{p}: external data file {missing[0]!r} not found in {data_dir} (--external-data-dir)")
+            raise UserError(f"{p}: external data file {missing[0]!r} not found in {data_dir} (`external_data_dir`)")
         if missing:
             raise UserError(
                 f"{p}: external data file {missing[0]!r} not found next to the model",
-                hint="keep the weight file beside the .onnx file, as it was exported, or give --external-data-dir",
+                hint="keep the weight file beside the .onnx file, as it was exported, or give `external_data_dir`",
             )
     return model
 

@@ -100,7 +100,7 @@ def rewrite(model: onnx.ModelProto, precision: str = "fp16", keep=frozenset(), r
     unknown = sorted(set(keep) - node_names)
     if unknown:
         raise UserError(f"no node named {unknown[0]!r} in the model ({len(unknown)} unknown)",
-                        hint="check the names given to --keep-fp32")
+                        hint="check the names given to `keep_fp32`")
     analysis = analyze(out, low)
     lowered = {i: p for i, p in analysis.plans.items() if out.graph.node[i].name not in keep}
     r = _Rewriter(out, analysis, lowered, low, precision, realize == "emulate", weights_dir)

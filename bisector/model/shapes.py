@@ -34,7 +34,7 @@ def parse_shapes(args: list[str] | None) -> dict[str, list[int | str]]:
         for part in _split_top(arg):
             name, sep, value = part.rpartition(":")
             value = value.strip()
-            bad = UserError(f"--input-shapes {part!r}: expected NAME:[d0,d1,...], e.g. x:[1,3,224,224]")
+            bad = UserError(f"`input_shapes` {part!r}: expected NAME:[d0,d1,...], e.g. x:[1,3,224,224]")
             if not sep or not name or not (value.startswith("[") and value.endswith("]")):
                 raise bad
             dims: list[int | str] = []

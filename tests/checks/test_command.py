@@ -332,9 +332,9 @@ def test_should_show_follows_polygraphy(show, hide, verdict, shown):
 def test_option_errors_are_user_errors():
     with pytest.raises(UserError, match="exclude each other"):
         CommandCheck(["true"], show_output=True, hide_fail_output=True)
-    with pytest.raises(UserError, match="--on-crash"):
+    with pytest.raises(UserError, match="`on_crash`"):
         CommandCheck(["true"], on_crash="retry")
-    with pytest.raises(UserError, match="--check-timeout"):
+    with pytest.raises(UserError, match="`check_timeout`"):
         CommandCheck(["true"], timeout_s=0)
 
 

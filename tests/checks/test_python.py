@@ -133,7 +133,7 @@ def test_second_argument_only_when_asked(artifact):
         (lambda: PythonCheck.from_script("missing_check.py"), "check script 'missing_check.py' not found"),
         (lambda: PythonCheck.from_script(SCRIPTS / "broken_script.py"), "failed to load: ImportError"),
         (lambda: PythonCheck.from_script(SCRIPTS / "no_check_script.py"), "defines no function 'check'"),
-        (lambda: PythonCheck(print, on_crash="explode"), "--on-crash"),
+        (lambda: PythonCheck(print, on_crash="explode"), "`on_crash`"),
     ],
 )
 def test_loading_problems_are_one_line_user_errors(on_path, make, message):

@@ -130,9 +130,9 @@ def test_terminate_forwards_and_refuses(artifact):
 
 
 def test_options_are_checked():
-    with pytest.raises(UserError, match="--repeat"):
+    with pytest.raises(UserError, match="`repeat`"):
         RepeatCheck(Scripted([]), repeat=0)
-    with pytest.raises(UserError, match="--vote"):
+    with pytest.raises(UserError, match="`vote`"):
         RepeatCheck(Scripted([]), vote="most")
 
 

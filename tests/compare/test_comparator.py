@@ -257,9 +257,9 @@ def test_parse_tolerances():
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(UserError, match="check-error-stat"):
+    with pytest.raises(UserError, match="check_error_stat"):
         CompareConfig(check_error_stat="average")
-    with pytest.raises(UserError, match="check-error-stat"):
+    with pytest.raises(UserError, match="check_error_stat"):
         CompareConfig.from_flags(check_error_stat=["o:nope"])
     with pytest.raises(UserError):
         CompareConfig(error_quantile=1.5)

@@ -96,7 +96,7 @@ def test_ir3_initializers_are_weights_not_inputs():
 def test_parse_and_freeze_shapes():
     assert parse_shapes(["x:[1,3,224,224]", "y:[4]"]) == {"x": [1, 3, 224, 224], "y": [4]}
     assert parse_shapes(["x:[1,2] y:[3]"]) == {"x": [1, 2], "y": [3]}
-    with pytest.raises(UserError, match="--input-shapes"):
+    with pytest.raises(UserError, match="`input_shapes`"):
         parse_shapes(["x=[1,2]"])
     m = make_dynamic()
     with pytest.raises(UserError, match="dynamic shape"):
