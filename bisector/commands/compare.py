@@ -61,12 +61,12 @@ def _fit_reference(ref: list[dict], outputs: set[str], samples: int) -> list[dic
     exit 2, never a "mismatch"), and only the outputs the model has (as Polygraphy compares the
     outputs both runs have); none in common is a usage error too."""
     if len(ref) != samples:
-        raise UserError(f"--load-outputs holds {len(ref)} sample(s), and this run has {samples} input sample(s)",
-                        hint="give the inputs the outputs were computed from (--load-inputs)")
+        raise UserError(f"`load_outputs` holds {len(ref)} sample(s), and this run has {samples} input sample(s)",
+                        hint="give the inputs the outputs were computed from (`load_inputs`)")
     names = set(ref[0]) if ref else set()
     common = names & outputs
     if not common:
-        raise UserError(f"--load-outputs has outputs {', '.join(sorted(names))}, none of which the model has",
+        raise UserError(f"`load_outputs` has outputs {', '.join(sorted(names))}, none of which the model has",
                         hint=f"the model's outputs are {', '.join(sorted(outputs))}")
     if common != names:
         log.warning("--load-outputs: %s not outputs of this model; compared: %s",
@@ -129,7 +129,7 @@ def run_compare(path: Path, target: Target, config: CompareConfig, *, shapes: di
     weights = Path(data_dir) if data_dir else path.parent
     unknown = sorted(target.keep - {n.name for n in model.graph.node})
     if unknown:
-        raise UserError(f"--keep-fp32 names {unknown[0]!r}, which is no node of the model"
+        raise UserError(f"`keep_fp32` names {unknown[0]!r}, which is no node of the model"
                         + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""))
     data = model_samples(model, loaded, sample_source(script), samples, seed, val_range, files=load)
     if reference_outputs is not None:
