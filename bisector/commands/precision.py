@@ -47,6 +47,7 @@ from bisector.data import save_inputs
 from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.fingerprint import items_fingerprint
+from bisector.model.precision import PRECISIONS as FLOAT_PRECISIONS
 from bisector.model.precision import lowerable_nodes, rewrite
 from bisector.model.prepare import Prepared
 from bisector.strategies.base import Candidate
@@ -54,7 +55,7 @@ from bisector.strategies.precision import PrecisionStrategy
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp16", "bf16", "int8")
+PRECISIONS = (*FLOAT_PRECISIONS, "int8")  # what the search can lower to: the float rewrite's, and QDQ int8
 ORDERS = ("sensitivity", "topo")
 # The emulation's re-check of an answer fails it for inf/NaN where fp32 is finite, or for an error
 # above this share of the output's range: far more than low-precision rounding, so a real overflow

@@ -38,11 +38,12 @@ from bisector.backends.trtexec_args import layer_precisions_arg
 from bisector.errors import UserError, one_of
 from bisector.model import io as mio
 from bisector.model.prepare import Prepared
+from bisector.model.precision import PRECISIONS as FLOAT_PRECISIONS
 
 log = logging.getLogger(__name__)
 
 CONSTRAINTS = ("obey", "prefer")
-WEAK_PRECISIONS = ("fp16", "bf16")  # int8 needs calibration in a weakly typed build: QDQ only
+WEAK_PRECISIONS = tuple(FLOAT_PRECISIONS)  # int8 needs calibration in a weakly typed build: QDQ only
 ENGINE_ARTIFACT = "polygraphy_debug.engine"
 # Polygraphy's debug precision marks no CONSTANT layer, and only layers whose outputs are all
 # execution tensors of these types.
