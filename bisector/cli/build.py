@@ -36,7 +36,8 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "load_outputs": "--load-outputs", "load_inputs": "--load-inputs", "keep_fp32": "--keep-fp32",
          "constraints": "--precision-constraints", "data_loader_script": "--data-loader-script",
          "external_data_dir": "--external-data-dir", "input_shapes": "--input-shapes", "realize": "--realize",
-         "precision": "--precision"}
+         "precision": "--precision", "outputs": "--outputs",
+         "save_outputs": "--save-outputs"}
 OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
 
 

@@ -5,6 +5,9 @@
   the ``bisector`` loggers, as Polygraphy's do for its logger.
 - Flags with nothing to do here (shape inference switches, how Polygraphy saves external data,
   its replay file): taken out, and each is named in one note line with the reason.
+- ``bisector compare`` (``polygraphy run``): ``--onnx-outputs``/``--trt-outputs``/``--outputs`` take
+  several values (``mark all``) and become ``--outputs``; run flags with nothing to do there
+  (``--warm-up``, TensorRT builder flags, ...) are noted.
 - Flags bisector cannot honour (``--ignore-external-data``, ``--fp-to-fp16``): refused, with the
   reason and what to do instead.
 
@@ -69,6 +72,19 @@ TRT_BUILDER_FLAGS = {
 }
 NO_EFFECT.update({f: (nargs, TRT_BUILDER_WHY) for f, nargs in TRT_BUILDER_FLAGS.items()})
 NO_EFFECT["--shape-inference"] = NO_EFFECT["--do-shape-inference"] = (0, SHAPES_WHY)
+# `polygraphy run` (bisector compare): its tensor-marking flags take several values, as --outputs does;
+# the flags that change nothing in a comparison here are noted.
+RUN_OUTPUT_FLAGS = ("--outputs", "--onnx-outputs", "--trt-outputs")
+RUN_WHY = "bisector compare runs each sample once, with no timing"
+RUN_NO_EFFECT = {
+    "--warm-up": (1, RUN_WHY),
+    "--use-subprocess": (0, "bisector compare runs onnxruntime in its own process"),
+    "--sequential-runners": (0, "the target and the reference run one after the other"),
+    "--save-engine": (1, "the target runs through onnxruntime here: no engine is written"),
+    "--graph-optimization-level": (1, "onnxruntime runs with its default graph optimizations"),
+    **{f: (nargs, "a TensorRT builder flag: the target runs through onnxruntime here")
+       for f, nargs in TRT_BUILDER_FLAGS.items() if f != "--trt-outputs"},
+}
 REFUSED = {
     "--ignore-external-data": (0, "a reduce runs its candidates, which needs the weights",
                                "give --external-data-dir DIR if they are elsewhere"),
@@ -152,6 +168,15 @@ def take_polygraphy_flags(argv: list[str]) -> tuple[list[str], list[str], Verbos
             values, i = _values(argv, i, inline if eq else None, 1)
             v.log_file = Path(values[0])
             continue
+        elif _command(out) == "compare" and name in RUN_OUTPUT_FLAGS:
+            values, i = _values(argv, i, inline if eq else None, "+")
+            out += [x for value in values for x in ("--outputs", value)]
+            continue
+        elif _command(out) == "compare" and name in RUN_NO_EFFECT:
+            nargs, why = RUN_NO_EFFECT[name]
+            values, i = _values(argv, i, inline if eq else None, nargs)
+            v.notes.append(f"{name}: no effect in bisector compare ({why})")
+            continue
         elif name in NO_EFFECT:
             nargs, why = NO_EFFECT[name]
             values, i = _values(argv, i, inline if eq else None, nargs)
@@ -174,6 +199,11 @@ def take_polygraphy_flags(argv: list[str]) -> tuple[list[str], list[str], Verbos
         i += 1
     v.level = explicit if explicit is not None else max(logging.DEBUG, logging.WARNING - 10 * verbose)
     return out, v.notes, v
+
+
+def _command(out: list[str]) -> str | None:
+    """The command of the argv taken so far (its first word)."""
+    return next((tok for tok in out if not tok.startswith("-")), None)
 
 
 def _values(argv: list[str], i: int, inline: str | None, nargs) -> tuple[list[str], int]:

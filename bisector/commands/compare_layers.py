@@ -81,7 +81,7 @@ def marked_tensors(model: onnx.ModelProto, outputs: list[str]) -> list[Marked]:
         if unknown:
             raise UserError(f"`outputs` names {unknown[0]!r}, which no node of the model writes"
                             + (f" ({len(unknown)} unknown)" if len(unknown) > 1 else ""),
-                            hint="give tensor names, or `mark all`")
+                            hint="give tensor names, or: mark all")
     names = [t for t in produced if t in wanted]
     return [Marked(i, t, produced[t].name, produced[t].op_type, [x for x in produced[t].input if x in wanted])
             for i, t in enumerate(names)]
@@ -114,10 +114,11 @@ def run_layers(path: Path, target: Target, config: CompareConfig, *, outputs: li
             stopped = m.tensor if len(rows) < len(marks) else None
             break
     own = own_errors(model, target, weights, workdir, [r.node for r in rows], ref, tgt, data)
-    note = None
+    note, hides = None, False
     if check_marking if check_marking is not None else target.provider in MARKING_CHANGES_FUSION:
-        note = _marking(model, target, weights, workdir, data, ref, tgt, config)
+        note, hides = _marking(model, target, weights, workdir, data, ref, tgt, config)
     report = diagnose(rows, len(marks), own, stopped, note)
+    report.reduce_next = hides
     marked = lambda side: [{m.tensor: values[m.tensor] for m in marks if m.tensor in values} for values in side]
     return LayersRun(report, data, marked(tgt), None if reference_outputs is not None else marked(ref), target)
 
@@ -131,7 +132,7 @@ def _fit_loaded(marks: list[Marked], ref: list[dict], samples: int) -> list[Mark
     kept = [m for m in marks if m.tensor in have]
     if not kept:
         raise UserError("`load_outputs` has none of the marked tensors",
-                        hint="save the reference with `outputs` mark all (`save_outputs`)")
+                        hint="save the reference with `outputs` mark all and `save_outputs`")
     if len(kept) < len(marks):
         log.warning("--load-outputs has %d of the %d marked tensors; only those are compared", len(kept), len(marks))
     return [Marked(i, m.tensor, m.node, m.op_type, m.inputs) for i, m in enumerate(kept)]
@@ -208,13 +209,16 @@ def _shadow_chunk(model, realized, target: Target, weights, path: Path, names: l
     saved.unlink()
 
 
-def _marking(model, target: Target, weights, workdir: Path, data, ref, tgt, config: CompareConfig) -> str | None:
-    """Whether the graph outputs' verdict differs between the marked run and a plain one."""
+def _marking(model, target: Target, weights, workdir: Path, data, ref, tgt,
+             config: CompareConfig) -> tuple[str | None, bool]:
+    """What marking changed (None: the graph outputs' verdict is the same in the marked run and a
+    plain one), and whether the plain model fails where the marked run passes."""
     names = [o.name for o in model.graph.output if all(o.name in r for r in ref)]
     if not names:
-        return None
+        return None, False
     want = [{n: r[n] for n in names} for r in ref]
     marked = compare_samples([{n: t[n] for n in names if n in t} for t in tgt], want, config)
     plain = target.run(model, weights, workdir, data, output_names=names)
     unmarked = compare_samples(plain, want, config)
-    return marking_note(marked.passed, unmarked.passed, f"onnxruntime {target.provider}")
+    note = marking_note(marked.passed, unmarked.passed, f"onnxruntime {target.provider}")
+    return note, marked.passed and not unmarked.passed

@@ -87,7 +87,8 @@ class LayerReport(_Json):
     """The diagnosis: ``rows`` in topological order (up to ``stopped_at`` with fail-fast, of
     ``marked`` tensors), the first failing and first non-finite tensor, the nodes ranked by own
     error (``ranking``: ``{"node", "op_type", "tensor", "error"}``, ``ranked_by`` ``"own error"``
-    or ``"jump"``), and ``marking``: what marking every tensor changed, if it was checked."""
+    or ``"jump"``), and ``marking``: what marking every tensor changed, if it was checked
+    (``reduce_next``: the plain model's outputs fail while the marked run's pass)."""
 
     rows: list[TensorError]
     passed: bool
@@ -98,6 +99,7 @@ class LayerReport(_Json):
     ranked_by: str = "jump"
     stopped_at: str | None = None
     marking: str | None = None
+    reduce_next: bool = False  # the plain model fails where the marked one passes: reduce it
 
     def row(self, tensor: str) -> TensorError:
         return next(r for r in self.rows if r.tensor == tensor)
@@ -106,12 +108,25 @@ class LayerReport(_Json):
     def suspect(self) -> str | None:
         """The node to look at first: the producer of the first non-finite tensor, else the top of
         the own-error ranking when it is out of tolerance, else the first failing tensor's node."""
-        if self.first_nonfinite:
-            return self.row(self.first_nonfinite).node
+        return self._suspect()[0]
+
+    def _suspect(self) -> tuple[str | None, list[str]]:
+        """The suspect and the reasons for it."""
         failing = {r.node for r in self.rows if not r.passed}
-        if self.ranking and self.ranking[0]["node"] in failing:
-            return self.ranking[0]["node"]
-        return self.row(self.first_failing).node if self.first_failing else None
+        top = self.ranking[0] if self.ranking and self.ranking[0]["node"] in failing else None
+        first = self.row(self.first_failing) if self.first_failing else None
+        node = (self.row(self.first_nonfinite).node if self.first_nonfinite else
+                top["node"] if top else first.node if first else None)
+        if node is None:
+            return None, []
+        why = []
+        if self.first_nonfinite and self.row(self.first_nonfinite).node == node:
+            why.append(f"it writes the first non-finite tensor ({self.first_nonfinite})")
+        if top and top["node"] == node:
+            why.append(f"its {self.ranked_by} is the largest ({short_number(top['error'])})")
+        if first and first.node == node:
+            why.append(f"it writes the first tensor out of tolerance ({first.tensor})")
+        return node, why
 
     def sparkline(self) -> str:
         return sparkline([r.rel_l2 for r in self.rows])
@@ -128,8 +143,10 @@ class LayerReport(_Json):
     def diagnosis(self) -> list[str]:
         """The lines that read like a diagnosis (plain text, most telling first)."""
         lines = []
-        if self.suspect:
-            lines.append(f"suspect: {self.suspect}")
+        suspect, why = self._suspect()
+        if suspect:
+            op = next(r.op_type for r in self.rows if r.node == suspect)
+            lines.append(f"suspect: {suspect} ({op}): {'; '.join(why)}")
         if self.first_nonfinite:
             r = self.row(self.first_nonfinite)
             lines.append(f"first non-finite tensor: {r.tensor} ({r.op_type} {r.node}), {r.new_nonfinite} inf/NaN "
@@ -206,7 +223,8 @@ def _rank_key(error: float) -> float:
 
 def rank_nodes(rows: Sequence[TensorError], measured: bool, top: int = TOP_NODES) -> list[dict]:
     """Nodes by their own error (``own_error`` if ``measured``, else ``jump``), largest first,
-    topological order among ties; a node with several outputs counts its worst."""
+    topological order among ties; a node with several outputs counts its worst. Nodes that add
+    nothing (an own error of 0, a jump of at most 1) are left out."""
     best: dict[str, dict] = {}
     for r in rows:
         value = r.own_error if measured else r.jump
@@ -217,7 +235,8 @@ def rank_nodes(rows: Sequence[TensorError], measured: bool, top: int = TOP_NODES
             best[r.node] = {"node": r.node, "op_type": r.op_type, "tensor": r.tensor, "error": value,
                             "position": r.position}
     ranked = sorted(best.values(), key=lambda e: (-_rank_key(e["error"]), e["position"]))
-    return [{k: v for k, v in e.items() if k != "position"} for e in ranked[:top] if e["error"] > 0]
+    floor = 0.0 if measured else 1.0  # a jump of 1 carries the error on: it grows nothing
+    return [{k: v for k, v in e.items() if k != "position"} for e in ranked if e["error"] > floor][:top]
 
 
 def diagnose(rows: list[TensorError], marked: int, own_errors: Mapping[str, float] | None = None,

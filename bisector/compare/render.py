@@ -7,6 +7,9 @@ that would pass, a decade histogram of absolute error and the elements furthest 
 When something failed, only failures get a panel: passing outputs and samples take one line each.
 When everything passed, every output of sample 0 gets its panel.
 
+``render_layers`` draws a layer-by-layer report (``compare.layers.LayerReport``): one row per tensor
+in topological order, then its diagnosis.
+
 >>> from rich.console import Console
 >>> Console().print(render_comparison(compare_outputs(target, reference)))  # doctest: +SKIP
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 from bisector.compare.results import Comparison, OutputComparison, SamplesComparison
 
 if TYPE_CHECKING:
+    from bisector.compare.layers import LayerReport
     from rich.console import RenderableType
     from rich.panel import Panel
     from rich.table import Table
@@ -179,3 +183,36 @@ def _worst_table(out: OutputComparison) -> Table:
         verdict = Text("✗", FAIL_STYLE) if e.mismatched else Text("ok", DIM_STYLE)
         table.add_row(str(list(e.index)), _num(e.target), _num(e.reference), _num(e.abs), _num(e.rel), verdict)
     return table
+
+
+def render_layers(report: LayerReport) -> RenderableType:
+    """A ``compare.layers.LayerReport``: the per-tensor table in topological order (elided beyond
+    ``layers.TABLE_ROWS``), then the diagnosis lines, the culprit first."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from bisector.compare.layers import shown_rows
+
+    stat = report.rows[0].comparison.stat_key if report.rows else "max"
+    columns = ["#", "tensor", "node", "max abs", "max rel", *([f"{stat} abs"] if stat != "max" else []), "rel L2",
+               report.ranked_by, ""]
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("tensor", "node", "") else "left")
+    marks = {report.first_failing: "first out of tolerance", report.first_nonfinite: "first non-finite"}
+    if report.ranking:
+        marks.setdefault(report.ranking[0]["tensor"], f"largest {report.ranked_by}")
+    for i in shown_rows(report):
+        if i is None:
+            table.add_row("…", *[""] * (len(columns) - 1), style=DIM_STYLE)
+            continue
+        r = report.rows[i]
+        own = r.own_error if report.ranked_by == "own error" else r.jump
+        note = Text(marks.get(r.tensor, ""), "bold")
+        chosen = [_num(r.stat_value)] if stat != "max" else []
+        table.add_row(str(r.position), r.tensor, f"{r.node} ({r.op_type})", _num(r.comparison.abs_stats.get("max")),
+                      _num(r.comparison.rel_stats.get("max")), *chosen, _num(r.rel_l2), _num(own),
+                      note, style=None if r.passed else "red")
+    lines = [Text(line, "bold" if line.startswith("suspect") else "") for line in report.diagnosis()]
+    return Group(table, *lines, _verdict_line(report.passed, report.summary()))
