@@ -1,0 +1,84 @@
+"""build: the flaky-build hunt. Build again and again, each build checked, until a build passes,
+fails, a number of builds is reached, or the command's ``stop`` says so.
+
+Each build is its own candidate (item = the build number), so every build is a real build and
+check, and a resumed hunt goes on with the next build number. What a build chose (its tactics)
+is the command's business; the strategy knows only the verdicts, and returns which builds were
+good and which bad, for the ranking.
+
+``stop`` is the command's say between builds (``--until 8h``, a suspect sure enough): a function
+of the number of builds answered so far that returns a reason to stop, or None. The strategy
+itself reads no clock; without ``stop`` it is a pure function of its verdicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bisector.checks.base import Verdict
+from bisector.strategies.base import Candidate, Search, Strategy
+
+Stop = Callable[[int], "str | None"]
+
+
+def build_candidate(i: int) -> Candidate:
+    return Candidate(frozenset({i}), label=f"build {i}", phase="hunt", kind="build")
+
+
+class BuildStrategy(Strategy):
+    """``until``: a Verdict to stop at (GOOD or BAD), or None; ``limit``: at most that many builds
+    (None: no limit, then ``until`` or ``stop`` must end the hunt)."""
+
+    name = "build"
+
+    def __init__(self, until: Verdict | None = Verdict.BAD, limit: int | None = None, stop: Stop | None = None):
+        super().__init__()
+        if until is None and not limit and stop is None:
+            raise ValueError("a build hunt needs a verdict to stop at, a number of builds or a stop rule")
+        if limit is not None and limit < 1:
+            raise ValueError(f"a build hunt of {limit} builds")
+        self.until = until
+        self.limit = limit
+        self.stop = stop
+
+    def params(self) -> dict[str, Any]:
+        return {"until": self.until.value if self.until else None, "limit": self.limit}
+
+    def endpoints(self):
+        return None, None
+
+    def _next(self, i: int):
+        """The builds after ``i`` that ``-j`` may start beside it (they are built either way)."""
+        j = i + 1
+        while self.limit is None or j < self.limit:
+            yield build_candidate(j)
+            j += 1
+
+    def search(self) -> Search:
+        verdicts: dict[int, Verdict] = {}
+        i = 0
+        reason = f"built {self.limit} time(s)"
+        while self.limit is None or i < self.limit:
+            why = self.stop(i) if self.stop is not None else None
+            if why:
+                reason = why
+                break
+            self.progress.remaining = (self.limit - i) if self.limit else 1
+            verdict = yield self.ask(build_candidate(i), self._next(i))
+            verdicts[i] = verdict
+            i += 1
+            if self.until is not None and verdict == self.until:
+                reason = f"build {i - 1} was {verdict.value}"
+                break
+        self.progress.remaining = 0
+        return summary(verdicts, reason)
+
+
+def summary(verdicts: dict[int, Verdict], reason: str) -> dict[str, Any]:
+    """The hunt's result: counts, the pass rate, and the good and bad build numbers."""
+    good = sorted(i for i, v in verdicts.items() if v == Verdict.GOOD)
+    bad = sorted(i for i, v in verdicts.items() if v == Verdict.BAD)
+    done = len(good) + len(bad)
+    return {"builds": len(verdicts), "good": len(good), "bad": len(bad), "skip": len(verdicts) - done,
+            "pass_rate": len(good) / done if done else 0.0, "reason": reason,
+            "good_builds": good, "bad_builds": bad}
