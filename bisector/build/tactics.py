@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,25 @@ def write_tactics(path: str | os.PathLike, tactics: Mapping[str, Tactic], meta: 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def collect(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, TacticsFile]]:
+    """Every tactics file under ``paths`` (files, or directories searched recursively in name order,
+    as Polygraphy's ``inspect diff-tactics`` does), skipping what is not a tactics file (engines,
+    logs) inside directories. A file named directly must be one."""
+    out = []
+    for root in map(Path, paths):
+        if root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                try:
+                    out.append((path, load(path)))
+                except NotATacticsFile:
+                    continue
+        elif root.exists():
+            out.append((root, load(root)))
+        else:
+            raise UserError(f"{root}: no such file or directory")
+    return out
 
 
 def pairs(tactics: Mapping[str, Tactic]) -> dict[str, str]:

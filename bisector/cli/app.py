@@ -25,9 +25,11 @@ import typer
 from rich.markup import escape
 
 from bisector.cli import compare as cli_compare
+from bisector.cli import hunt as cli_hunt
 from bisector.cli import precision as cli_precision
 from bisector.cli import reduce as cli_reduce
 from bisector.cli import sessions as cli_sessions
+from bisector.cli import tactics as cli_tactics
 from bisector.cli.options import split_argv
 from bisector.cli.polygraphy import take_polygraphy_flags
 from bisector.errors import EXIT_INCONCLUSIVE, EXIT_STOPPED, EXIT_USAGE, Inconclusive, SessionAborted, UserError
@@ -42,11 +44,11 @@ CHECK_EPILOG = ("--check CMD ...: everything after --check (or --check-inference
                 "another code bad, 125 skip. Without --check: --compare, --check-func, --check-script, or you are "
                 "asked at each iteration.")
 # Every command, in the order `bisector --help` lists them.
-COMMANDS = (cli_reduce.reduce, cli_precision.precision, cli_compare.compare, cli_sessions.repeat,
-            cli_sessions.resume, cli_sessions.log, cli_sessions.replay)
+COMMANDS = (cli_reduce.reduce, cli_precision.precision, cli_compare.compare, cli_sessions.repeat, cli_hunt.build,
+            cli_sessions.resume, cli_sessions.log, cli_sessions.replay, cli_tactics.diff_tactics)
 for _command in COMMANDS:
     app.command(name=_command.__name__,
-                epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat") else None)(_command)
+                epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat", "build") else None)(_command)
 
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 try:  # recent typers vendor click; older ones use click itself
