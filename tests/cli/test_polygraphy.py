@@ -19,7 +19,7 @@ from bisector.data import save_inputs
 from bisector.errors import UserError
 from fixtures import fixture_path
 
-FAULTY = [sys.executable, str(Path(__file__).resolve().parent.parent / "fixtures" / "faulty_check.py")]
+FAULTY = [sys.executable, str(Path(__file__).resolve().parents[2] / "fixtures" / "faulty_check.py")]
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:

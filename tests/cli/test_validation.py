@@ -15,7 +15,7 @@ from bisector.cli import main
 from fixtures import fixture_path
 from tests.helpers import bisector, faulty
 
-FAULTY = [sys.executable, str(Path(__file__).resolve().parent.parent / "fixtures" / "faulty_check.py")]
+FAULTY = [sys.executable, str(Path(__file__).resolve().parents[2] / "fixtures" / "faulty_check.py")]
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:

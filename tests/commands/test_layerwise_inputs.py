@@ -20,7 +20,7 @@ from bisector.data import decode_array, encode_array, load_inputs
 from fixtures import fixture_path
 from tests.helpers import bisector, one_error_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAULTY = [sys.executable, str(ROOT / "fixtures" / "faulty_check.py")]
 POLYGRAPHY = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
 CUT = "add4_out"  # relu4's input: the answer to scale:relu4 is fed it

@@ -14,7 +14,7 @@ from bisector.cli import main
 from fixtures import fixture_path
 from fixtures.models import make_chain
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAULTY = [sys.executable, str(ROOT / "fixtures" / "faulty_check.py")]
 
 

@@ -28,7 +28,7 @@ from bisector.strategies.base import Candidate, Strategy
 from bisector.strategies.reduce import ReduceStrategy
 from tests.strategies import drive, fails_if_all
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SET_CHECK = str(ROOT / "tests" / "scripts" / "set_check.py")
 
 
