@@ -105,7 +105,8 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
         if options.load_debug_replay:
             notes.append(_import_replay(session, plan, options.load_debug_replay))
         engine = Engine(plan.strategy, plan.materializer, check_obj, session, jobs=options.jobs,
-                        devices=list(options.devices) or None, artifacts=list(options.artifacts),
+                        devices=list(options.devices) or None,
+                        artifacts=[*options.artifacts, *(a for a in plan.artifacts if a not in options.artifacts)],
                         keep_intermediate=options.keep_intermediate, listeners=list(listeners),
                         art_dir=options.art_dir, iter_info=options.iter_info)
         try:

@@ -37,7 +37,9 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "constraints": "--precision-constraints", "data_loader_script": "--data-loader-script",
          "external_data_dir": "--external-data-dir", "input_shapes": "--input-shapes", "realize": "--realize",
          "precision": "--precision", "outputs": "--outputs",
-         "save_outputs": "--save-outputs"}
+         "save_outputs": "--save-outputs", "builder": "--builder", "build_cmd": "--build-cmd",
+         "max_builds": "--max-builds", "keep_engines": "--keep-engines", "build_timeout": "--build-timeout",
+         "trtexec": "--trtexec", "iter_artifact": "--iter-artifact"}
 OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
 
 

@@ -43,6 +43,7 @@ class Plan:
     intro: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     state: Any = None
+    artifacts: tuple[str, ...] = ()  # files each iteration writes, sorted into good/ and bad/ like --artifacts
 
 
 @dataclass(frozen=True)

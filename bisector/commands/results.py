@@ -86,3 +86,27 @@ class RepeatResult(_Json):
     def of(cls, res: dict[str, Any]) -> "RepeatResult":
         return cls(runs=res["runs"], reason=res["reason"], good=res["good"], bad=res["bad"], skip=res["skip"],
                    bad_rate=res["bad_rate"])
+
+
+@dataclass(frozen=True)
+class BuildResult(_Json):
+    """A build hunt: how many builds, why it stopped, the verdicts and pass rate, the good and bad
+    build numbers, and the ranked (layer, tactic) suspects (``Suspect.to_json()``, best first) with
+    the ranking's plain-words verdict."""
+
+    builds: int
+    reason: str
+    good: int
+    bad: int
+    skip: int
+    pass_rate: float
+    good_builds: tuple[int, ...] = ()
+    bad_builds: tuple[int, ...] = ()
+    suspects: tuple[dict, ...] = ()
+    verdict: str = ""
+
+    @classmethod
+    def of(cls, res: dict[str, Any], suspects: list[dict], verdict: str) -> "BuildResult":
+        return cls(builds=res["builds"], reason=res["reason"], good=res["good"], bad=res["bad"], skip=res["skip"],
+                   pass_rate=res["pass_rate"], good_builds=tuple(res.get("good_builds", ())),
+                   bad_builds=tuple(res.get("bad_builds", ())), suspects=tuple(suspects), verdict=verdict)
