@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-SURE_P = 0.01  # the top suspect is "sure" below this p-value ...
+SURE_P = 0.01  # the top suspect is "sure" below this p-value (times the number of pairs) ...
 SEPARATION = 10.0  # ... and when the next suspect's p-value is at least this many times larger
 MAX_SCALE = 50  # the estimate of builds still needed looks this many times the builds so far ahead
 
@@ -133,10 +133,12 @@ def set_difference(builds: Iterable[Build]) -> list[tuple[str, str]]:
     return list(seen)
 
 
-def is_sure(suspects: Sequence[Suspect]) -> bool:
-    """The top suspect is below :data:`SURE_P` and the next one at least :data:`SEPARATION` times
-    less likely to go with the failures."""
-    if not suspects or suspects[0].p_value >= SURE_P:
+def is_sure(suspects: Sequence[Suspect], pairs: int | None = None) -> bool:
+    """The top suspect's p-value, times the number of pairs tested (``pairs``, by default every
+    suspect: a Bonferroni correction, since one of many innocent pairs can look guilty by chance),
+    is below :data:`SURE_P`, and the next suspect's p-value is at least :data:`SEPARATION` times
+    larger."""
+    if not suspects or suspects[0].p_value * (pairs or len(suspects)) >= SURE_P:
         return False
     return len(suspects) < 2 or suspects[1].p_value >= SEPARATION * suspects[0].p_value
 
@@ -168,8 +170,8 @@ def verdict(suspects: Sequence[Suspect], builds: Sequence[Build]) -> str:
                 f"{MAX_SCALE} times as many builds would not single it out.")
     more_bad = round(more * bad / len(builds))
     return (f"Not sure yet: the top suspect is {name} ({seen}). At the rates seen so far about {more} more "
-            f"builds (about {more_bad} failing) would make it sure (p < {SURE_P:g}, {SEPARATION:g} times ahead "
-            f"of the next).")
+            f"builds (about {more_bad} failing) would make it sure (p < {SURE_P:g} after "
+            f"correcting for the {len(suspects)} pairs, {SEPARATION:g} times ahead of the next).")
 
 
 def _same_counts(a: Suspect, b: Suspect) -> bool:
@@ -187,7 +189,7 @@ def builds_needed(suspects: Sequence[Suspect], n_builds: int) -> int | None:
     while n < n_builds * MAX_SCALE:
         n += max(1, n // 20)
         scaled = sorted((_scaled(s, n / n_builds) for s in top), key=sort_key)
-        if is_sure(scaled) and (scaled[0].layer, scaled[0].tactic) == (top[0].layer, top[0].tactic):
+        if is_sure(scaled, len(suspects)) and (scaled[0].layer, scaled[0].tactic) == (top[0].layer, top[0].tactic):
             return n - n_builds
     return None
 
