@@ -45,7 +45,7 @@ CHECK_EPILOG = ("--check CMD ...: everything after --check (or --check-inference
                 "asked at each iteration.")
 # Every command, in the order `bisector --help` lists them.
 COMMANDS = (cli_reduce.reduce, cli_precision.precision, cli_compare.compare, cli_sessions.repeat, cli_hunt.build,
-            cli_sessions.resume, cli_sessions.log, cli_sessions.replay, cli_tactics.diff_tactics)
+            cli_hunt.confirm, cli_sessions.resume, cli_sessions.log, cli_sessions.replay, cli_tactics.diff_tactics)
 for _command in COMMANDS:
     app.command(name=_command.__name__,
                 epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat", "build") else None)(_command)

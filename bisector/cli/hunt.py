@@ -50,3 +50,39 @@ def build(
     command = BuildCommand(options)
     command.check_outputs()
     return flags.Invocation(command, flags.check_spec(chk, CompareOptions()), flags.run_options(s), flags.display(s))
+
+
+@uses(SessionOptions)
+def confirm(
+    s: SessionOptions,
+    hunt: Annotated[Path, typer.Argument(help="The build hunt's session directory")],
+    repeat: Annotated[int, typer.Option("--repeat", help="Builds per arm (forced away, forced on)")] = 5,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="The layer to force (default: the top suspect's)")] = None,
+    tactic: Annotated[Optional[str], typer.Option("--tactic", help="Its suspected tactic (with --layer)")] = None,
+):
+    """Confirm a build hunt's top suspect: rebuild with it forced away and forced on, check each build.
+
+    The failure follows the suspect when builds with it forced on fail and builds with it forced away
+    do not. The command builder gets the one-layer tactics file as --load-tactics FILE appended to
+    --build-cmd, or where its {force} placeholder is. The hunt's check is used; the confirm session
+    is HUNT/confirm unless --session says otherwise."""
+    import dataclasses
+
+    from bisector.artifacts.session import load_meta
+    from bisector.checks.spec import CheckSpec
+    from bisector.cli import build as flags
+    from bisector.commands.build_confirm import ConfirmCommand, ConfirmOptions
+    from bisector.errors import UserError
+
+    if (layer is None) != (tactic is None):
+        raise UserError("--layer and --tactic go together: give both, or neither for the top suspect")
+    root = hunt.absolute()
+    spec = load_meta(root).get("spec") or {}
+    if "check" not in spec:
+        raise UserError(f"{root} was made by an older bisector: its check cannot be rebuilt")
+    command = ConfirmCommand(ConfirmOptions(hunt=root, repeat=repeat, layer=layer, tactic=tactic))
+    command.check_outputs()
+    run = flags.run_options(s)
+    if run.session is None:
+        run = dataclasses.replace(run, session=root / "confirm")
+    return flags.Invocation(command, CheckSpec.from_json(spec["check"]), run, flags.display(s))

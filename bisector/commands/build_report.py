@@ -74,7 +74,7 @@ def build_report(command, res: dict[str, Any], session, check, force_output: boo
     result = BuildResult.of(res, suspects, words)
     target = parse_until(command.options.until).verdict
     conclusive, doubt = _conclusive(res, target)
-    files = {"suspects": str(_write(session.result_dir / SUSPECTS_NAME, suspects))}
+    files = {"suspects_json": str(_write(session.result_dir / SUSPECTS_NAME, suspects))}
     if command.options.output is not None and (conclusive or force_output):
         files["output"] = str(_write(Path(command.options.output), suspects))
     head = (f"stopped after {res['builds']} build(s): {res['reason']}; good {res['good']}, bad {res['bad']}, "

@@ -11,11 +11,12 @@ from bisector.errors import UserError
 
 def command_types() -> dict[str, type[Command]]:
     from bisector.commands.build import BuildCommand
+    from bisector.commands.build_confirm import ConfirmCommand
     from bisector.commands.precision import PrecisionCommand
     from bisector.commands.reduce import ReduceCommand
     from bisector.commands.repeat import RepeatCommand
 
-    return {c.name: c for c in (ReduceCommand, PrecisionCommand, RepeatCommand, BuildCommand)}
+    return {c.name: c for c in (ReduceCommand, PrecisionCommand, RepeatCommand, BuildCommand, ConfirmCommand)}
 
 
 def command_from_json(doc: dict[str, Any]) -> Command:

@@ -82,3 +82,44 @@ def summary(verdicts: dict[int, Verdict], reason: str) -> dict[str, Any]:
     return {"builds": len(verdicts), "good": len(good), "bad": len(bad), "skip": len(verdicts) - done,
             "pass_rate": len(good) / done if done else 0.0, "reason": reason,
             "good_builds": good, "bad_builds": bad}
+
+
+ARMS = ("away", "on")  # confirm: the top suspect forced away from its layer, and forced on it
+
+
+def arm_candidate(arm: str, i: int) -> Candidate:
+    return Candidate(frozenset({i}), label=f"build {i}, suspect forced {arm}", phase=f"forced {arm}", kind=arm)
+
+
+class ConfirmStrategy(Strategy):
+    """``bisector confirm``: ``repeat`` builds with the top suspect forced away, and as many with it
+    forced on, alternating, each checked. Returns each arm's good and bad counts."""
+
+    name = "confirm"
+
+    def __init__(self, repeat: int = 5):
+        super().__init__()
+        if repeat < 1:
+            raise ValueError(f"confirm with {repeat} builds per arm")
+        self.repeat = repeat
+
+    def params(self) -> dict[str, Any]:
+        return {"repeat": self.repeat}
+
+    def endpoints(self):
+        return None, None
+
+    def _order(self):
+        return [arm_candidate(arm, i) for i in range(self.repeat) for arm in ARMS]
+
+    def search(self) -> Search:
+        order = self._order()
+        verdicts: dict[str, dict[int, Verdict]] = {arm: {} for arm in ARMS}
+        for n, cand in enumerate(order):
+            self.progress.remaining = len(order) - n
+            verdict = yield self.ask(cand, iter(order[n + 1:]))
+            (i,) = cand.items
+            verdicts[cand.kind][i] = verdict
+        self.progress.remaining = 0
+        return {arm: {v.value: sum(1 for x in got.values() if x == v) for v in Verdict}
+                for arm, got in verdicts.items()}

@@ -80,3 +80,14 @@ def test_a_hunt_without_an_end_is_refused():
         BuildStrategy(until=None)
     with pytest.raises(ValueError):
         BuildStrategy(limit=0)
+
+
+def test_confirm_alternates_the_two_arms_and_counts_each():
+    from bisector.strategies.build import ConfirmStrategy
+
+    run = drive(ConfirmStrategy(repeat=3), lambda items: Verdict.GOOD)
+    assert [a.candidate.kind for a in run.asks] == ["away", "on"] * 3
+    assert run.asks[0].candidate.phase == "forced away"
+    assert run.result == {"away": {"good": 3, "bad": 0, "skip": 0}, "on": {"good": 3, "bad": 0, "skip": 0}}
+    with pytest.raises(ValueError):
+        ConfirmStrategy(repeat=0)

@@ -1,0 +1,143 @@
+"""``bisector build`` on the fixture flaky builder (fixtures/flaky_builder.py: a real builder on
+onnxruntime whose engine is an ONNX model) and its check (fixtures/engine_check.py): a hunt until
+the first bad build, a hunt of N builds that ranks the planted flaky tactic first, kill -9 and
+resume, and (slow) the issue's unattended 150-build hunt.
+
+Each build's seed is its build number (``--seed {build}``), so a hunt is the same every time; with
+``--fail-prob 1`` a build fails exactly when it chose the flawed implementation of ``fc1_matmul``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from bisector import api
+from bisector.checks.spec import CheckSpec
+from bisector.commands.build import BuildCommand, BuildOptions
+from fixtures.flaky_builder import tactic_hash
+from fixtures.models import make_transformer
+from tests.helpers import ENV, ROOT, bisector, journal, report
+
+BUILDER = ROOT / "fixtures" / "flaky_builder.py"
+CHECK = ROOT / "fixtures" / "engine_check.py"
+FLAKY = "fc1_matmul"
+SUSPECT_KEYS = {"layer", "tactic", "p_value", "odds_ratio", "ochiai", "bad_with", "good_with", "bad_without",
+                "good_without"}
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "t.onnx"
+    onnx.save(make_transformer(), str(path))
+    return path
+
+
+def build_cmd(flaky_tactic: str = "gemm_split_k", fail_prob: float = 1.0, seed: str = "--seed {build}") -> str:
+    return (f"{sys.executable} {BUILDER} {{model}} {{engine}} {{tactics}} {seed} --flaky-layer {FLAKY} "
+            f"--flaky-tactic {flaky_tactic} --fail-prob {fail_prob}")
+
+
+def check_argv(model: Path) -> list[str]:
+    return [sys.executable, str(CHECK), "polygraphy_debug.engine", "--reference", str(model)]
+
+
+def test_until_bad_stops_at_the_first_failing_build_and_sorts_each_build_into_good_or_bad(tmp_path, model):
+    # gemm_fp32 is flawed here: builds 0 and 1 chose another implementation, build 2 chose it
+    done = bisector("build", str(model), "--build-cmd", build_cmd("gemm_fp32"), "--until", "bad", "--keep-engines",
+                    "--session", "s", "-q", "--check", *check_argv(model), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    r = report(tmp_path / "s")["result"]
+    assert (r["builds"], r["good_builds"], r["bad_builds"]) == (3, [0, 1], [2])
+    assert r["reason"] == "build 2 was bad"
+    session = tmp_path / "s"
+    assert sorted(p.name for p in (session / "good").glob("tactics_N*.json")) == ["tactics_N0.json", "tactics_N1.json"]
+    assert [p.name for p in (session / "bad").glob("*")] and (session / "bad" / "tactics_N2.json").is_file()
+    assert (session / "bad" / "polygraphy_debug_N2.engine").is_file()  # --keep-engines
+    assert (session / "bad" / "build_N2.log").is_file()
+    suspects = json.loads((session / "result" / "suspects.json").read_text())
+    assert suspects[0]["layer"] == FLAKY and suspects[0]["tactic"] == tactic_hash("MatMul", "gemm_fp32")
+
+
+def test_a_hunt_of_n_builds_ranks_the_planted_tactic_first(tmp_path, model):
+    run = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="10")),
+                  CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
+    r = run.report.result
+    assert r.builds == 10 and (r.good, r.bad) == (6, 4) and r.bad_builds == (0, 1, 5, 9)
+    assert r.pass_rate == pytest.approx(0.6)
+    assert (r.suspects[0]["layer"], r.suspects[0]["tactic"]) == (FLAKY, tactic_hash("MatMul", "gemm_split_k"))
+    written = json.loads((tmp_path / "s" / "result" / "suspects.json").read_text())
+    assert written == list(r.suspects) and all(set(s) == SUSPECT_KEYS for s in written)
+    assert [s["p_value"] for s in written] == sorted(s["p_value"] for s in written)
+    md = (tmp_path / "s" / "result" / "report.md").read_text()
+    assert "pass rate 60%" in md and "### Pass rate over time" in md and f"| `{FLAKY}` |" in md
+    assert not list((tmp_path / "s").glob("*/polygraphy_debug_N*.engine"))  # engines only with --keep-engines
+    assert run.exit_code == 0
+
+
+def test_confirm_forces_the_top_suspect_away_and_on_and_the_failure_follows_it(tmp_path, model):
+    api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="6")),
+            CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
+    done = bisector("confirm", "s", "--repeat", "4", "-j", "2", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    r = report(tmp_path / "s" / "confirm")["result"]
+    assert (r["layer"], r["tactic"]) == (FLAKY, tactic_hash("MatMul", "gemm_split_k"))
+    assert r["away_tactic"] != r["tactic"]
+    assert (r["on"]["bad"], r["on"]["good"], r["away"]["bad"], r["away"]["good"]) == (4, 0, 0, 4)
+    assert r["follows"] and r["p_value"] == pytest.approx(1 / 70)
+    assert r["verdict"].startswith(f"The failure follows {FLAKY} tactic")
+    forced = json.loads((tmp_path / "s" / "confirm" / "forced_away.json").read_text())
+    assert [(t["layer"], t["tactic"]) for t in forced["layers"]] == [(FLAKY, r["away_tactic"])]
+
+
+def test_confirm_refuses_a_session_that_is_no_hunt_or_names_half_a_suspect(tmp_path, model):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "session.json").write_text(json.dumps({"format": 1, "spec": {}}))
+    half = bisector("confirm", "s", "--layer", FLAKY, cwd=tmp_path)
+    assert half.returncode == 2 and "--layer and --tactic go together" in half.stderr
+
+
+def test_kill_9_mid_hunt_then_resume_builds_each_build_once(tmp_path, model):
+    session = tmp_path / "s"
+    argv = [sys.executable, "-m", "bisector", "build", str(model), "--build-cmd", build_cmd(), "--until", "6",
+            "--session", str(session), "-q", "--check", *check_argv(model)]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (session / "journal.jsonl").exists() and len(journal(session, torn_ok=True)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the hunt ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(journal(session, torn_ok=True))
+    assert 2 <= before < 6
+    done = bisector("resume", str(session), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    entries = journal(session)
+    assert sorted(e["items"][0] for e in entries) == list(range(6))
+    assert max(Counter(e["fingerprint"] for e in entries).values()) == 1
+    r = report(session)["result"]
+    assert (r["builds"], r["bad_builds"]) == (6, [0, 1, 5])
+    assert report(session)["checks_this_run"] == 6 - before
+    assert r["suspects"][0]["layer"] == FLAKY
+    assert r["suspects_json"] == str(session / "result" / "suspects.json")
+
+
+@pytest.mark.slow
+def test_the_issue_s_unattended_hunt_of_150_builds_ranks_the_one_way_flaky_tactic_first(tmp_path, model):
+    """The done-when command: random seeds, a tactic that fails half the times it is chosen."""
+    done = bisector("build", str(model), "--builder", "command", "--build-cmd",
+                    build_cmd(fail_prob=0.5, seed=""), "--until", "150", "-j", "2", "--session", "s", "-q",
+                    "--check", *check_argv(model), cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr
+    suspects = json.loads((tmp_path / "s" / "result" / "suspects.json").read_text())
+    assert (suspects[0]["layer"], suspects[0]["tactic"]) == (FLAKY, tactic_hash("MatMul", "gemm_split_k"))
