@@ -118,7 +118,8 @@ def test_the_command_is_refused_before_a_session_for_bad_options(tmp_path):
     ok = dict(model=model, build_cmd=f"{sys.executable} b.py {{engine}} {{tactics}}", launch_dir=tmp_path)
     for change, match in (({"max_builds": 0}, "`max_builds`"), ({"until": "never"}, "`until`"),
                           ({"iter_artifact": "a/b.engine"}, "`iter_artifact`"),
-                          ({"model": tmp_path / "none.onnx"}, "no such model")):
+                          ({"model": tmp_path / "none.onnx"}, "no such model"),
+                          ({"confidence": 1.5}, "`confidence`")):
         with pytest.raises(UserError, match=match):
             BuildCommand(BuildOptions(**{**ok, **change})).check_outputs()
 

@@ -40,7 +40,7 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "save_outputs": "--save-outputs", "builder": "--builder", "build_cmd": "--build-cmd",
          "max_builds": "--max-builds", "keep_engines": "--keep-engines", "build_timeout": "--build-timeout",
          "trtexec": "--trtexec", "iter_artifact": "--iter-artifact", "hunt": "HUNT", "layer": "--layer",
-         "tactic": "--tactic"}
+         "tactic": "--tactic", "confidence": "--confidence"}
 OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
 
 

@@ -29,6 +29,9 @@ def build(
     trtexec: Annotated[str, typer.Option("--trtexec", help="The trtexec program (--builder trtexec)")] = "trtexec",
     keep_engines: Annotated[bool, typer.Option(
         "--keep-engines", help="Sort each build's engine into good/ and bad/ too (not only its tactics file)")] = False,
+    confidence: Annotated[Optional[float], typer.Option(
+        "--confidence", help="Stop as soon as the top suspect is this sure (0.99: its p-value, times the number of "
+        "pairs, under 0.01, and 10 times ahead of the next)")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Write the ranked suspects here too (they are always in the session's "
         "result/suspects.json)")] = None,
@@ -46,7 +49,7 @@ def build(
     options = BuildOptions(model=model.absolute(), builder=builder, build_cmd=build_cmd, until=until,
                            max_builds=max_builds, keep_engines=keep_engines,
                            iter_artifact=s.iter_artifact or "polygraphy_debug.engine", build_timeout=build_timeout,
-                           trtexec=trtexec, output=output.absolute() if output else None)
+                           trtexec=trtexec, output=output.absolute() if output else None, confidence=confidence)
     command = BuildCommand(options)
     command.check_outputs()
     return flags.Invocation(command, flags.check_spec(chk, CompareOptions()), flags.run_options(s), flags.display(s))

@@ -78,6 +78,7 @@ class BuildOptions:
     trtexec: str = "trtexec"
     output: Path | None = None  # suspects.json written here too
     launch_dir: Path | None = None  # where `build_cmd`'s relative paths are found (default: here, when made)
+    confidence: float | None = None  # stop once the top suspect is this sure (0.99), whatever `until` says
 
 
 class BuildMaterializer:
@@ -127,7 +128,7 @@ class BuildCommand(Command):
     def params(self) -> dict[str, Any]:
         o = self.options
         return {"builder": o.builder, "build_cmd": o.build_cmd, "until": o.until, "max_builds": o.max_builds,
-                "iter_artifact": o.iter_artifact}
+                "iter_artifact": o.iter_artifact, "confidence": o.confidence}
 
     def check_outputs(self) -> None:
         from bisector.commands.candidates import check_writable
@@ -135,6 +136,8 @@ class BuildCommand(Command):
         o = self.options
         one_of("`builder`", o.builder, BUILDERS)
         parse_until(o.until)
+        if o.confidence is not None and not 0 < o.confidence < 1:
+            raise UserError(f"`confidence` must be between 0 and 1 (0.99), not {o.confidence}")
         if o.max_builds is not None and o.max_builds < 1:
             raise UserError(f"`max_builds` must be at least 1, not {o.max_builds}")
         if o.iter_artifact in ("", ".", "..") or Path(o.iter_artifact).name != o.iter_artifact:
@@ -150,7 +153,9 @@ class BuildCommand(Command):
         o = self.options
         until = parse_until(o.until)
         limit = min(n for n in (until.builds, o.max_builds) if n) if (until.builds or o.max_builds) else None
-        stop = deadline_rule(session, until.seconds, o.until) if until.seconds else None
+        rules = [deadline_rule(session, until.seconds, o.until) if until.seconds else None,
+                 confidence_rule(session, o.confidence) if o.confidence else None]
+        stop = first_reason([r for r in rules if r is not None])
         strategy = BuildStrategy(until=until.verdict, limit=limit, stop=stop)
         sorted_files = (TACTICS_NAME, BUILD_LOG) + ((o.iter_artifact,) if o.keep_engines else ())
         intro = (f"build {Path(o.model).name} with the {o.builder} builder until {o.until}"
@@ -196,3 +201,36 @@ def deadline_rule(session, budget_s: float, text: str):
             return None
         return f"{text} spent"
     return stop
+
+
+def confidence_rule(session, confidence: float):
+    """The stop rule for ``confidence``: after each new build, rank the builds so far; stop once the
+    top suspect's p-value times the number of pairs (Bonferroni) is below ``1 - confidence`` and the
+    next suspect is ``SEPARATION`` times less likely. Each build's tactics are read once."""
+    from bisector.build.ranking import SEPARATION, rank
+    from bisector.build.tactics import pairs, read_tactics
+
+    known = len(hunt_builds(session))
+    read: dict[int, tuple[dict[str, str], bool] | None] = {}
+
+    def stop(done: int) -> str | None:
+        if done < max(known, 2):
+            return None
+        for i, (entry, workdir) in hunt_builds(session).items():
+            if i not in read and entry.verdict in (Verdict.GOOD, Verdict.BAD):
+                try:
+                    read[i] = (pairs(read_tactics(workdir / KEPT_TACTICS)), entry.verdict == Verdict.BAD)
+                except (OSError, ValueError):
+                    read[i] = None
+        s = rank([b for b in read.values() if b is not None])
+        if s and s[0].p_value * len(s) < 1 - confidence and (len(s) < 2 or s[1].p_value >= SEPARATION * s[0].p_value):
+            return f"{s[0].layer} tactic {s[0].tactic} reached confidence {confidence:g}"
+        return None
+    return stop
+
+
+def first_reason(rules):
+    """One stop rule from several: the first that gives a reason (None: no rule)."""
+    if not rules:
+        return None
+    return lambda done: next((why for rule in rules if (why := rule(done))), None)
