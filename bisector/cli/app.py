@@ -25,6 +25,7 @@ import typer
 from rich.markup import escape
 
 from bisector.cli import compare as cli_compare
+from bisector.cli import daemon as cli_daemon
 from bisector.cli import hunt as cli_hunt
 from bisector.cli import precision as cli_precision
 from bisector.cli import reduce as cli_reduce
@@ -49,6 +50,7 @@ COMMANDS = (cli_reduce.reduce, cli_precision.precision, cli_compare.compare, cli
 for _command in COMMANDS:
     app.command(name=_command.__name__,
                 epilog=CHECK_EPILOG if _command.__name__ in ("reduce", "precision", "repeat", "build") else None)(_command)
+cli_daemon.register(app)  # daemon start|stop|status|run, submit, jobs, watch, logs, report, cancel, clean
 
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 try:  # recent typers vendor click; older ones use click itself
