@@ -84,8 +84,9 @@ def test_a_hunt_of_n_builds_ranks_the_planted_tactic_first(tmp_path, model):
 
 
 def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(tmp_path, model):
-    sure = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="40", confidence=0.9)),
-                   CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "sure", jobs=2)).report.result
+    hunt = BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="40", confidence=0.9))
+    sure = api.run(hunt, CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "sure", jobs=2))
+    sure = sure.report.result
     assert sure.builds == 12 and sure.reason.startswith(f"{FLAKY} tactic {tactic_hash('MatMul', 'gemm_split_k')}")
     assert sure.reason.endswith("reached confidence 0.9")
     timed = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="1s")),

@@ -60,7 +60,8 @@ def confirm(
     s: SessionOptions,
     hunt: Annotated[Path, typer.Argument(help="The build hunt's session directory")],
     repeat: Annotated[int, typer.Option("--repeat", help="Builds per arm (forced away, forced on)")] = 5,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="The layer to force (default: the top suspect's)")] = None,
+    layer: Annotated[Optional[str], typer.Option(
+        "--layer", help="The layer to force (default: the top suspect's)")] = None,
     tactic: Annotated[Optional[str], typer.Option("--tactic", help="Its suspected tactic (with --layer)")] = None,
 ):
     """Confirm a build hunt's top suspect: rebuild with it forced away and forced on, check each build.

@@ -81,7 +81,8 @@ class CommandBuilder(Builder):
         if shutil.which(argv[0]) is None and not (self.launch_dir / argv[0]).exists():
             raise UserError(f"`build_cmd`: {argv[0]!r} is not a program here")
         text = self.template
-        missing = [p for p in ("{engine}", "{tactics}") if p not in text and (p != "{engine}" or "{artifact}" not in text)]
+        named = {"{engine}": "{engine}" in text or "{artifact}" in text, "{tactics}": "{tactics}" in text}
+        missing = [p for p, there in named.items() if not there]
         if missing:
             raise UserError(f"`build_cmd` names no {' and no '.join(missing)}: bisector must tell the builder "
                             f"where to write the engine and the tactics file of each build")
@@ -125,10 +126,11 @@ class CommandBuilder(Builder):
         if code != 0:
             raise UserError(f"build {build} failed (exit {code}): {last_line(paths.log) or 'no output'}",
                             hint=f"its log: {paths.log}")
-        for what, path in (("engine", paths.engine), ("tactics file", paths.tactics)):
+        wanted = (("engine", paths.engine, "{engine}"), ("tactics file", paths.tactics, "{tactics}"))
+        for what, path, placeholder in wanted:
             if not path.exists():
                 raise UserError(f"build {build} wrote no {what} ({path.name})",
-                                hint=f"`build_cmd` must write it where {{{'engine' if what == 'engine' else 'tactics'}}} says")
+                                hint=f"`build_cmd` must write it where {placeholder} says")
 
 
 class TensorRTBuilder(Builder):
