@@ -130,3 +130,56 @@ def test_the_command_round_trips_through_json_with_its_launch_directory(tmp_path
     assert cmd.options.launch_dir == Path.cwd()
     again = BuildCommand.from_json(cmd.to_json())
     assert again.options == cmd.options and again.name == "build"
+
+
+# ------------------------------------------------------------------ TensorRT: recorded samples
+TRT_DATA = Path(__file__).resolve().parent / "backends" / "data" / "trt"
+
+
+@pytest.mark.parametrize("info", ["engine_info_10x.json", "engine_info_11x.json"])
+def test_tensorrt_tactics_come_from_the_inspector_with_keys_and_hashes_from_the_verbose_log(tmp_path, info):
+    from bisector.backends.trt_parse import parse_autotune_log, parse_layer_information
+    from bisector.build.tactics import load
+    from bisector.commands.build_builders import write_engine_tactics
+
+    layers = parse_layer_information((TRT_DATA / info).read_text())
+    records = parse_autotune_log((TRT_DATA / "autotune_verbose_trtexec.log").read_text())
+    written = load(write_engine_tactics(tmp_path / "t.json", layers, records, {"builder": "trtexec"}))
+    t = written.tactics
+    assert list(t) == [layer.name for layer in layers]
+    conv = t["/conv1/Conv + /relu1/Relu"]
+    assert (conv.tactic, conv.key) == ("0x5e2f3c8a1b7d9e01", "0x0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+    mm1 = t["matMul1_myl0_0"]  # a Myelin layer: the log's selected hash, the kernel as its name
+    assert (mm1.tactic, mm1.key) == ("0x71c2f8e0ad3b5", "0x2c0a5e9d14b7f3a8c6e1d2f0b9a87654")
+    assert mm1.name.startswith("sm80_xmma_gemm_f16f16")
+    assert t["matMul2_myl0_2"].tactic == "0x665ded9abbf88"
+    soft = t["__myl_TraMaxSubExpSum_myl0_1"]  # no autotuning record names it: the inspector's tactic, no key
+    assert soft.key == "" and soft.tactic.startswith("__myl_TraMaxSubExpSum_0x")
+    assert written.meta["builder"] == "trtexec" and written.time_ms["matMul2_myl0_2"] == pytest.approx(0.008192)
+
+
+def _tensorrt_or_reason() -> str | None:
+    try:
+        from bisector.backends.tensorrt import import_trt
+
+        import_trt()
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_or_reason() is not None, reason=f"needs TensorRT: {_tensorrt_or_reason()}")
+def test_real_tensorrt_build_records_every_layer_s_tactic_and_its_timing_cache_key(tmp_path):
+    import onnx
+
+    from bisector.build.tactics import read_tactics
+    from bisector.commands.build_builders import TensorRTBuilder
+    from fixtures.models import make_transformer
+
+    p = paths(tmp_path)
+    p.workdir.mkdir(parents=True)
+    onnx.save(make_transformer(), str(p.model))
+    TensorRTBuilder().build(p, 0)
+    tactics = read_tactics(p.tactics)
+    assert p.engine.stat().st_size > 0 and tactics
+    assert any(t.key for t in tactics.values()), "no layer got a timing-cache key from the VERBOSE log"

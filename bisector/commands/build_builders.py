@@ -199,20 +199,28 @@ class TrtexecBuilder(Builder):
 
 
 def write_engine_tactics(path: Path, layers, records, meta: dict) -> Path:
-    """Our tactics file from the engine inspector's layers and the log's autotuning records: each
-    layer's tactic (hex value or kernel name) and, where the log names its op, its timing-cache key."""
+    """Our tactics file from the engine inspector's layers and the VERBOSE log's autotuning records.
+    A layer named after a tuned op (``op_layers``: ``matMul1`` -> ``matMul1_myl0_0``) gets that op's
+    timing-cache key, its selected tactic hash (what the editable timing cache forces) and its cost;
+    any other layer its inspector tactic (``TacticValue``, or the kernel name of a Myelin layer)."""
     from bisector.backends.trt_parse import op_layers
     from bisector.build.tactics import Tactic, write_tactics
 
-    keys = {}
-    by_op = {r.op: r for r in records}
+    by_op = {r.op: r for r in records}  # an op tuned again (other formats): its last record
+    tuned = {}
     for op, names in op_layers(records, layers).items():
         for name in names:
-            keys.setdefault(name, by_op[op].key)
-    tactics = {layer.name: Tactic(layer.name, layer.tactic or "", name=layer.tactic_name or "",
-                                  key=keys.get(layer.name, ""))
-               for layer in layers if layer.tactic}
-    return write_tactics(path, tactics, meta)
+            tuned.setdefault(name, by_op[op])
+    tactics, times = {}, {}
+    for layer in layers:
+        rec = tuned.get(layer.name)
+        tactic = (rec.selected if rec is not None and rec.selected else None) or layer.tactic
+        if not tactic:
+            continue  # LAYER_NAMES_ONLY: nothing to record
+        tactics[layer.name] = Tactic(layer.name, tactic, name=layer.tactic_name or "", key=rec.key if rec else "")
+        if rec is not None and rec.cost_ms is not None:
+            times[layer.name] = rec.cost_ms
+    return write_tactics(path, tactics, {**meta, "time_ms": times})
 
 
 def forced_cache(force: Path) -> bytes:
