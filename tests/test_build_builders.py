@@ -183,3 +183,19 @@ def test_real_tensorrt_build_records_every_layer_s_tactic_and_its_timing_cache_k
     tactics = read_tactics(p.tactics)
     assert p.engine.stat().st_size > 0 and tactics
     assert any(t.key for t in tactics.values()), "no layer got a timing-cache key from the VERBOSE log"
+
+
+def test_the_live_view_of_a_hunt_shows_the_pass_rate_and_builds_per_hour():
+    import io
+
+    from rich.console import Console
+
+    from bisector.cli.progress import LiveDisplay
+
+    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    view = LiveDisplay(console, "build")
+    view.started -= 3600  # 4 builds in an hour
+    view.state = {"search_phase": "hunt", "verdicts": {"good": 3, "bad": 1, "skip": 0}, "checks": 4}
+    console.print(view._render())
+    text = console.file.getvalue()
+    assert "pass rate 75%" in text and "builds per hour 4 " in text

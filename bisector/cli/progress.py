@@ -125,6 +125,11 @@ class LiveDisplay:
                      f"[yellow]{v['skip']} skip[/]), {s.get('cached', 0)} cached")
         head.add_row("", f"best failing size {s.get('best_size', '-')}", f"~{remaining if remaining is not None else '?'} "
                      f"steps left   elapsed {_clock(elapsed)}   ETA {_clock(eta)}")
+        if s.get("search_phase") == "hunt":  # bisector build: the pass rate and builds per hour
+            done = v["good"] + v["bad"]
+            rate = f"{v['good'] / done:.0%}" if done else "-"
+            per_hour = f"{s.get('checks', 0) / elapsed * 3600:.0f}" if elapsed > 1 else "-"
+            head.add_row("", f"pass rate [green]{rate}[/]", f"builds per hour {per_hour}")
         body = [head]
         for it, label in sorted(self.running.items()):
             body.append(Text(f"#{it:<3} running   {label}", style="cyan"))
