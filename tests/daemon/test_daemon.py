@@ -53,10 +53,22 @@ class Daemon:
         assert proc.returncode == 0, proc.stderr
         return int(proc.stdout.strip())
 
-    def jobs(self) -> dict[int, dict]:
-        proc = self.run("jobs", "--json")
-        assert proc.returncode == 0, proc.stderr
-        return {j["id"]: j for j in json.loads(proc.stdout)}
+    def jobs(self, cli: bool = False) -> dict[int, dict]:
+        """Every job as ``bisector jobs --json`` gives it (read in this process unless ``cli``)."""
+        if cli:
+            proc = self.run("jobs", "--json")
+            assert proc.returncode == 0, proc.stderr
+            return {j["id"]: j for j in json.loads(proc.stdout)}
+        from bisector.cli.daemon_view import job_rows
+        from bisector.daemon.store import Store
+
+        if not (self.home / "jobs.db").exists():
+            return {}
+        store = Store(self.home)
+        try:
+            return {j["id"]: j for j in json.loads(json.dumps(job_rows(self.home, store.jobs()), default=str))}
+        finally:
+            store.close()
 
     def wait(self, until, timeout: float = 90) -> dict[int, dict]:
         deadline = time.monotonic() + timeout
@@ -114,13 +126,23 @@ def test_kill_9_mid_run_then_start_again_all_three_end_done_with_direct_answers(
            daemon.submit(*reduce_argv("diamond.onnx", "scale:branch_b_tanh", "diamond_red.onnx")),
            daemon.submit("--", "repeat", "--until", "3", "-q", "--check", sys.executable, "-c", "pass")]
     jobs = daemon.wait(lambda j: len(journal(Path(j[ids[0]]["session"]), torn_ok=True)) >= 2, timeout=60)
-    workers = [j["session"] for j in jobs.values() if j["state"] == "running"]
+    from bisector.daemon.store import Store
+
+    store = Store(daemon.home)
+    workers = [store.get(i).pgid for i in ids if store.get(i).state == "running"]
+    store.close()
     daemon.kill()  # kill -9 mid-run
     assert workers and daemon.jobs()[ids[0]]["state"] == "running"  # as the dead daemon left it
+    deadline = time.monotonic() + 5
+    while any(_group_alive(g) for g in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_group_alive(g) for g in workers)  # the jobs died with their daemon
 
     daemon.start("--slots", "3")
-    jobs = daemon.wait(_done(ids))
+    daemon.wait(_done(ids))
+    jobs = daemon.jobs(cli=True)
     assert [jobs[i]["state"] for i in ids] == ["done"] * 3, jobs
+    assert {"id", "state", "session", "command", "answer", "progress", "elapsed_s"} <= set(jobs[ids[0]])
     assert jobs[ids[0]]["answer"]["node_names"] == CHAIN_ANSWER
     assert jobs[ids[1]]["answer"]["node_names"] == DIAMOND_ANSWER
     assert jobs[ids[2]]["answer"]["runs"] == 3
@@ -174,7 +196,7 @@ def test_a_bad_command_line_is_refused_at_submit_with_exit_2(daemon):
         proc = daemon.run("submit", *argv)
         assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
         one_error_line(proc.stderr)
-    assert daemon.jobs() == {}
+    assert daemon.jobs(cli=True) == {}
 
 
 # ------------------------------------------------------------------------------------- cancel
