@@ -185,7 +185,7 @@ def test_real_tensorrt_build_records_every_layer_s_tactic_and_its_timing_cache_k
     assert any(t.key for t in tactics.values()), "no layer got a timing-cache key from the VERBOSE log"
 
 
-def test_the_live_view_of_a_hunt_shows_the_pass_rate_and_builds_per_hour():
+def test_the_live_view_of_a_hunt_shows_the_pass_rate_builds_per_hour_and_the_top_suspect():
     import io
 
     from rich.console import Console
@@ -195,7 +195,8 @@ def test_the_live_view_of_a_hunt_shows_the_pass_rate_and_builds_per_hour():
     console = Console(file=io.StringIO(), width=120, force_terminal=False)
     view = LiveDisplay(console, "build")
     view.started -= 3600  # 4 builds in an hour
-    view.state = {"search_phase": "hunt", "verdicts": {"good": 3, "bad": 1, "skip": 0}, "checks": 4}
+    view.state = {"search_phase": "hunt", "verdicts": {"good": 3, "bad": 1, "skip": 0}, "checks": 4,
+                  "status": "top suspect fc1 tactic 0x2: p = 0.01"}
     console.print(view._render())
     text = console.file.getvalue()
-    assert "pass rate 75%" in text and "builds per hour 4 " in text
+    assert "pass rate 75%" in text and "builds per hour 4 " in text and "top suspect fc1 tactic 0x2" in text

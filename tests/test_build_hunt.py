@@ -68,9 +68,13 @@ def test_until_bad_stops_at_the_first_failing_build_and_sorts_each_build_into_go
 
 
 def test_a_hunt_of_n_builds_ranks_the_planted_tactic_first(tmp_path, model):
+    events = []
     run = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="10")),
-                  CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
+                  CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2),
+                  listeners=(events.append,))
     r = run.report.result
+    shown = [e["status"] for e in events if e.get("status")]  # the live view's line: the top suspect so far
+    assert shown and shown[-1].startswith(f"top suspect {FLAKY} tactic {tactic_hash('MatMul', 'gemm_split_k')}")
     assert r.builds == 10 and (r.good, r.bad) == (6, 4) and r.bad_builds == (0, 1, 5, 9)
     assert r.pass_rate == pytest.approx(0.6)
     assert (r.suspects[0]["layer"], r.suspects[0]["tactic"]) == (FLAKY, tactic_hash("MatMul", "gemm_split_k"))

@@ -97,7 +97,7 @@ class LiveDisplay:
     def __call__(self, e: dict[str, Any]) -> None:
         with self._lock:
             self.state.update({k: v for k, v in e.items() if k in (
-                "search_phase", "remaining", "best_size", "checks", "cached", "verdicts", "mean_check_s")})
+                "search_phase", "remaining", "best_size", "checks", "cached", "verdicts", "mean_check_s", "status")})
             kind = e["event"]
             if kind == "check-start":
                 self.running[e["iteration"]] = e["label"]
@@ -130,6 +130,8 @@ class LiveDisplay:
             rate = f"{v['good'] / done:.0%}" if done else "-"
             per_hour = f"{s.get('checks', 0) / elapsed * 3600:.0f}" if elapsed > 1 else "-"
             head.add_row("", f"pass rate [green]{rate}[/]", f"builds per hour {per_hour}")
+        if s.get("status"):
+            head.add_row("", Text(s["status"]), "")
         body = [head]
         for it, label in sorted(self.running.items()):
             body.append(Text(f"#{it:<3} running   {label}", style="cyan"))

@@ -153,10 +153,10 @@ class BuildCommand(Command):
         o = self.options
         until = parse_until(o.until)
         limit = min(n for n in (until.builds, o.max_builds) if n) if (until.builds or o.max_builds) else None
+        strategy = BuildStrategy(until=until.verdict, limit=limit, stop=lambda done: None)
         rules = [deadline_rule(session, until.seconds, o.until) if until.seconds else None,
-                 confidence_rule(session, o.confidence) if o.confidence else None]
-        stop = first_reason([r for r in rules if r is not None])
-        strategy = BuildStrategy(until=until.verdict, limit=limit, stop=stop)
+                 suspects_rule(session, strategy.progress, o.confidence)]
+        strategy.stop = first_reason([r for r in rules if r is not None])
         sorted_files = (TACTICS_NAME, BUILD_LOG) + ((o.iter_artifact,) if o.keep_engines else ())
         intro = (f"build {Path(o.model).name} with the {o.builder} builder until {o.until}"
                  + (f" (at most {limit} builds)" if limit else ""),)
@@ -203,18 +203,19 @@ def deadline_rule(session, budget_s: float, text: str):
     return stop
 
 
-def confidence_rule(session, confidence: float):
-    """The stop rule for ``confidence``: after each new build, rank the builds so far; stop once the
-    top suspect's p-value times the number of pairs (Bonferroni) is below ``1 - confidence`` and the
-    next suspect is ``SEPARATION`` times less likely. Each build's tactics are read once."""
-    from bisector.build.ranking import SEPARATION, rank
+def suspects_rule(session, progress, confidence: float | None):
+    """After each new build, rank the builds so far and show the top suspect in the live view
+    (``progress.status``). With ``confidence``, stop once the top suspect's p-value times the
+    number of pairs (Bonferroni) is below ``1 - confidence`` and the next suspect is ``SEPARATION``
+    times less likely. Each build's tactics are read once."""
+    from bisector.build.ranking import SEPARATION, builds_needed, rank
     from bisector.build.tactics import pairs, read_tactics
 
     known = len(hunt_builds(session))
     read: dict[int, tuple[dict[str, str], bool] | None] = {}
 
     def stop(done: int) -> str | None:
-        if done < max(known, 2):
+        if done < known:
             return None
         for i, (entry, workdir) in hunt_builds(session).items():
             if i not in read and entry.verdict in (Verdict.GOOD, Verdict.BAD):
@@ -222,8 +223,16 @@ def confidence_rule(session, confidence: float):
                     read[i] = (pairs(read_tactics(workdir / KEPT_TACTICS)), entry.verdict == Verdict.BAD)
                 except (OSError, ValueError):
                     read[i] = None
-        s = rank([b for b in read.values() if b is not None])
-        if s and s[0].p_value * len(s) < 1 - confidence and (len(s) < 2 or s[1].p_value >= SEPARATION * s[0].p_value):
+        builds = [b for b in read.values() if b is not None]
+        s = rank(builds) if any(failed for _, failed in builds) else []
+        if not s:
+            return None
+        more = builds_needed(s, len(builds))
+        progress.status = (f"top suspect {s[0].layer} tactic {s[0].tactic}: p = {s[0].p_value:.2g}, in "
+                           f"{s[0].bad_with} failing / {s[0].good_with} passing builds"
+                           + (f"; sure in about {more} more builds" if more else ""))
+        sure = s[0].p_value * len(s) < 1 - confidence if confidence else False
+        if sure and (len(s) < 2 or s[1].p_value >= SEPARATION * s[0].p_value):
             return f"{s[0].layer} tactic {s[0].tactic} reached confidence {confidence:g}"
         return None
     return stop

@@ -91,7 +91,7 @@ class Engine:
         p = self.strategy.progress
         return {"search_phase": p.phase, "remaining": p.remaining, "best_size": p.size, "checks": self.stats.checks,
                 "cached": self.stats.cached, "verdicts": dict(self.stats.verdicts),
-                "elapsed_s": round(self.stats.elapsed, 2),
+                "elapsed_s": round(self.stats.elapsed, 2), "status": p.status,
                 "mean_check_s": round(self.stats.check_seconds / self.stats.checks, 3) if self.stats.checks else None}
 
     # -- the loop ---------------------------------------------------------------------------

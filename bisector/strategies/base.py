@@ -79,6 +79,7 @@ class Progress:
     remaining: int = 0  # estimated checks left
     size: int = 0  # items in the current best failing candidate
     phases: dict[str, int] = field(default_factory=dict)  # checks asked per phase
+    status: str = ""  # one line for the live view, set by the command (the build hunt's top suspect)
 
 
 class Strategy:
