@@ -19,11 +19,16 @@ from pathlib import Path
 import onnx
 import pytest
 
-from fixtures.models import make_diamond
+from fixtures.flaky_builder import tactic_hash
+from fixtures.models import make_diamond, make_transformer
 from tests.helpers import ENV, ROOT, executable, faulty, journal, one_error_line
 
 CHAIN_ANSWER = ["relu4"]  # what `bisector reduce` run directly answers (tests/cli/test_sessions.py)
 DIAMOND_ANSWER = ["branch_b_tanh"]  # the same command run directly on the diamond, scale:branch_b_tanh
+# The build hunt of tests/test_build_hunt.py (seed = build number, gemm_split_k planted in fc1_matmul):
+# run directly with --until 8, builds 0, 1 and 5 are bad and the planted tactic ranks first.
+BUILD_CMD = (f"{sys.executable} {ROOT / 'fixtures' / 'flaky_builder.py'} {{model}} {{engine}} {{tactics}} "
+             "--seed {build} --flaky-layer fc1_matmul --flaky-tactic gemm_split_k --fail-prob 1.0")
 
 
 class Daemon:
@@ -119,17 +124,22 @@ def _group_alive(pgid: int) -> bool:
 
 # ------------------------------------------------------------------------------------- crash safety
 @pytest.mark.slow
-def test_kill_9_mid_run_then_start_again_all_three_end_done_with_direct_answers(daemon, tmp_path):
+def test_kill_9_mid_run_then_start_again_two_reduces_and_a_build_hunt_end_done_with_direct_answers(daemon, tmp_path):
     onnx.save(make_diamond(), str(tmp_path / "diamond.onnx"))
+    onnx.save(make_transformer(), str(tmp_path / "t.onnx"))
     daemon.start("--slots", "3")
     ids = [daemon.submit("--name", "chain", *reduce_argv("m.onnx", "scale:relu4", "chain_red.onnx")),
            daemon.submit(*reduce_argv("diamond.onnx", "scale:branch_b_tanh", "diamond_red.onnx")),
-           daemon.submit("--", "repeat", "--until", "3", "-q", "--check", sys.executable, "-c", "pass")]
+           daemon.submit("--", "build", "t.onnx", "--build-cmd", BUILD_CMD, "--until", "8", "-q", "--check",
+                         sys.executable, str(ROOT / "fixtures" / "engine_check.py"), "polygraphy_debug.engine",
+                         "--reference", str(tmp_path / "t.onnx"))]
     jobs = daemon.wait(lambda j: len(journal(Path(j[ids[0]]["session"]), torn_ok=True)) >= 2, timeout=60)
     from bisector.daemon.store import Store
 
     store = Store(daemon.home)
-    workers = [store.get(i).pgid for i in ids if store.get(i).state == "running"]
+    interrupted = [i for i in ids if store.get(i).state == "running"]
+    workers = [store.get(i).pgid for i in interrupted]
+    begun = [i for i in interrupted if journal(Path(store.get(i).session), torn_ok=True)]  # else it starts anew
     store.close()
     daemon.kill()  # kill -9 mid-run
     assert workers and daemon.jobs()[ids[0]]["state"] == "running"  # as the dead daemon left it
@@ -145,9 +155,14 @@ def test_kill_9_mid_run_then_start_again_all_three_end_done_with_direct_answers(
     assert {"id", "state", "session", "command", "answer", "progress", "elapsed_s"} <= set(jobs[ids[0]])
     assert jobs[ids[0]]["answer"]["node_names"] == CHAIN_ANSWER
     assert jobs[ids[1]]["answer"]["node_names"] == DIAMOND_ANSWER
-    assert jobs[ids[2]]["answer"]["runs"] == 3
-    log = daemon.run("logs", str(ids[0])).stdout
-    assert "resuming:" in log  # the session went on from its journal
+    hunt = jobs[ids[2]]["answer"]
+    assert (hunt["builds"], hunt["bad_builds"]) == (8, [0, 1, 5])
+    assert (hunt["suspects"][0]["layer"], hunt["suspects"][0]["tactic"]) == ("fc1_matmul",
+                                                                            tactic_hash("MatMul", "gemm_split_k"))
+    assert ids[0] in begun
+    for i in begun:
+        log = daemon.run("logs", str(i)).stdout
+        assert "resuming:" in log, log  # the session went on from its journal
     for i in ids[:2]:
         fps = [e["fingerprint"] for e in journal(Path(jobs[i]["session"]))]
         assert len(fps) == len(set(fps))  # no candidate journaled twice
@@ -290,3 +305,20 @@ def test_gpu_slots_reach_the_checks_and_a_crashing_job_fails_with_its_reason(dae
     assert (jobs[two]["state"], seen.read_text()) == ("done", "3,5\n")  # the other jobs go on
     assert jobs[too_many]["state"] == "failed" and "asks for 3 GPU(s)" in jobs[too_many]["reason"]
     assert jobs[after]["state"] == "failed" and f"job {crash}" in jobs[after]["reason"]
+
+
+def test_daemon_stop_queues_its_running_job_again_and_the_next_start_resumes_it(daemon, tmp_path):
+    daemon.start("--slots", "1")
+    job = daemon.submit("--", "repeat", "--until", "6", "-q", "--check", sys.executable, "-c",
+                        "import time; time.sleep(0.3)")
+    session = Path(daemon.jobs()[job]["session"])
+    daemon.wait(lambda j: len(journal(session, torn_ok=True)) >= 2)
+    assert daemon.run("daemon", "stop").returncode == 0
+    stopped = daemon.jobs()[job]
+    assert stopped["state"] == "queued" and "resumes at its next start" in stopped["reason"]
+    known = len(journal(session))
+    daemon.start("--slots", "1")
+    jobs = daemon.wait(_done([job]))
+    assert jobs[job]["state"] == "done" and jobs[job]["answer"]["runs"] == 6
+    assert len(journal(session)) == 6 and known >= 2
+    assert "resuming:" in daemon.run("logs", str(job)).stdout
