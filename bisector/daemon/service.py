@@ -18,6 +18,7 @@ import logging
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ log = logging.getLogger("bisector.daemon")
 LOCK_NAME = "daemon.lock"  # flock'd by the one daemon of a state directory; holds its pid
 INFO_NAME = "daemon.json"  # the running daemon's pid and slots, for `daemon status`
 POLL_S = 0.2
+ERROR_PAUSE_S = 2.0
 STOP_GRACE_S = 5.0  # SIGINT (bisector's clean stop), then SIGKILL to the job's group
 NOTIFY_TIMEOUT_S = 60.0
 
@@ -127,7 +129,11 @@ class Daemon:
         try:
             self.recover()
             while not self.stopping:
-                self.tick()
+                try:
+                    self.tick()
+                except (OSError, sqlite3.Error) as exc:  # a full disk, a locked database: try again later
+                    log.error("daemon loop: %s", exc)
+                    time.sleep(ERROR_PAUSE_S)
                 time.sleep(POLL_S)
         finally:
             self.shutdown()
@@ -201,9 +207,15 @@ class Daemon:
         with open(paths["log"], "ab") as out:
             out.write(f"--- bisector daemon: job {job.id}, run {job.runs + 1}, {time.ctime()}\n".encode())
             out.flush()
-            proc = subprocess.Popen(job_argv(job, paths["session"], paths["events"]), cwd=job.cwd, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=die_with_parent())
+            try:
+                proc = subprocess.Popen(job_argv(job, paths["session"], paths["events"]), cwd=job.cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, preexec_fn=die_with_parent())
+            except OSError as exc:  # its directory is gone, say: this job fails, the others go on
+                reason = f"cannot start in {job.cwd}: {exc.strerror or exc}"
+                self.store.update(job.id, only_state="queued", state="failed", reason=reason, ended=time.time())
+                log.warning("job %d failed: %s", job.id, reason)
+                return
         if not self.store.start(job.id, pid=proc.pid, pgid=proc.pid, gpus=gpus, session=str(paths["session"]),
                                 runs=job.runs + 1, exit_code=None, reason=None):
             _end_group(proc.pid)  # cancelled between the look and the start
@@ -216,7 +228,8 @@ class Daemon:
         """Record how a job ended: its exit code, report.json's answer, why it failed."""
         job = self.store.get(run.job.id)
         paths = job_paths(self.home, job)
-        kill_leftovers(paths["session"]) if paths["session"].is_dir() else None
+        if paths["session"].is_dir():
+            kill_leftovers(paths["session"])
         code = run.proc.returncode
         answer = _answer(paths["session"])
         if job.cancel_requested:

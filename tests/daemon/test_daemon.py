@@ -322,3 +322,17 @@ def test_daemon_stop_queues_its_running_job_again_and_the_next_start_resumes_it(
     assert jobs[job]["state"] == "done" and jobs[job]["answer"]["runs"] == 6
     assert len(journal(session)) == 6 and known >= 2
     assert "resuming:" in daemon.run("logs", str(job)).stdout
+
+
+def test_a_job_whose_directory_is_gone_fails_and_the_next_one_runs(daemon, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "bisector", "submit", "--", "repeat", "--until", "1", "--check",
+                           "true"], cwd=gone, env=daemon.env, capture_output=True, text=True, timeout=60, check=False)
+    first = int(proc.stdout)
+    second = daemon.submit("--", "repeat", "--until", "1", "--check", "true")
+    gone.rmdir()
+    daemon.start("--slots", "1")
+    jobs = daemon.wait(_done([first, second]))
+    assert jobs[first]["state"] == "failed" and f"cannot start in {gone}" in jobs[first]["reason"]
+    assert jobs[second]["state"] == "done"
