@@ -336,3 +336,21 @@ def test_a_job_whose_directory_is_gone_fails_and_the_next_one_runs(daemon, tmp_p
     jobs = daemon.wait(_done([first, second]))
     assert jobs[first]["state"] == "failed" and f"cannot start in {gone}" in jobs[first]["reason"]
     assert jobs[second]["state"] == "done"
+
+
+def test_another_users_jobs_and_state_dir_are_out_of_reach(daemon, tmp_path):
+    job = daemon.submit("--", "repeat", "--until", "1", "--check", "true")
+    import sqlite3
+
+    db = sqlite3.connect(daemon.home / "jobs.db")
+    with db:
+        db.execute("UPDATE jobs SET uid = ? WHERE id = ?", (os.getuid() + 4242, job))  # as if someone else's
+    db.close()
+    assert daemon.jobs(cli=True) == {}
+    proc = daemon.run("cancel", str(job))
+    assert proc.returncode == 2 and f"no job {job}" in one_error_line(proc.stderr)
+    if os.geteuid() == 0:  # only root can give the state directory to another user
+        os.chown(daemon.home, os.getuid() + 4242, -1)
+        proc = daemon.run("jobs")
+        assert proc.returncode == 2 and "belongs to uid" in one_error_line(proc.stderr)
+        os.chown(daemon.home, os.getuid(), -1)
