@@ -91,8 +91,9 @@ def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(t
     hunt = BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="40", confidence=0.9))
     sure = api.run(hunt, CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "sure", jobs=2))
     sure = sure.report.result
-    assert sure.builds == 12 and sure.reason.startswith(f"{FLAKY} tactic {tactic_hash('MatMul', 'gemm_split_k')}")
+    assert sure.builds == 16 and sure.reason.startswith(f"{FLAKY} tactic {tactic_hash('MatMul', 'gemm_split_k')}")
     assert sure.reason.endswith("reached confidence 0.9")
+    assert sure.verdict.startswith("Sure:")  # the report's verdict follows the rule that stopped the hunt
     timed = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="1s")),
                     CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "timed")).report.result
     assert timed.reason == "1s spent" and 1 <= timed.builds <= 4

@@ -133,19 +133,31 @@ def set_difference(builds: Iterable[Build]) -> list[tuple[str, str]]:
     return list(seen)
 
 
-def is_sure(suspects: Sequence[Suspect], pairs: int | None = None) -> bool:
+def is_sure(suspects: Sequence[Suspect], pairs: int | None = None, alpha: float = SURE_P, looks: int = 1) -> bool:
     """The top suspect's p-value, times the number of pairs tested (``pairs``, by default every
     suspect: a Bonferroni correction, since one of many innocent pairs can look guilty by chance),
-    is below :data:`SURE_P`, and the next suspect's p-value is at least :data:`SEPARATION` times
-    larger."""
-    if not suspects or suspects[0].p_value * (pairs or len(suspects)) >= SURE_P:
+    times the number of times the ranking was looked at (``looks``: a hunt that ranks after every
+    build and stops at the first sure look gets that many chances of a false alarm, so Bonferroni
+    over the looks too), is below ``alpha`` (:data:`SURE_P`), and the next suspect's p-value is at
+    least :data:`SEPARATION` times larger."""
+    if not suspects or suspects[0].p_value * (pairs or len(suspects)) * max(1, looks) >= alpha:
         return False
     return len(suspects) < 2 or suspects[1].p_value >= SEPARATION * suspects[0].p_value
 
 
-def verdict(suspects: Sequence[Suspect], builds: Sequence[Build]) -> str:
+def confident(suspects: Sequence[Suspect], n_builds: int, confidence: float) -> bool:
+    """``--confidence``'s stop rule, a valid sequential test: looked at after each of ``n_builds``
+    builds, the top suspect is sure at ``alpha = 1 - confidence`` corrected for the pairs and for
+    every look so far (:func:`is_sure` with ``looks=n_builds``). A hunt whose failures follow no
+    tactic stops falsely with a chance below ``1 - confidence``."""
+    return is_sure(suspects, alpha=1 - confidence, looks=n_builds)
+
+
+def verdict(suspects: Sequence[Suspect], builds: Sequence[Build], confidence: float | None = None) -> str:
     """How sure the top suspect is, in plain words, and about how many more builds would make it
-    sure at the rates seen so far."""
+    sure at the rates seen so far. With ``confidence`` (a hunt that stopped by ``--confidence``
+    looks after each build), "sure" is :func:`confident`'s rule, the one that stopped it."""
+    alpha, looks = (SURE_P, 1) if confidence is None else (1 - confidence, len(builds))
     bad = sum(1 for _, failed in builds if failed)
     if not builds or bad == 0:
         return f"No failing build among {len(builds)}: nothing to rank yet. Build more (--until bad)."
@@ -160,18 +172,19 @@ def verdict(suspects: Sequence[Suspect], builds: Sequence[Build]) -> str:
         nxt = suspects[1]
         return (f"Not sure: {name} and {nxt.layer} tactic {nxt.tactic} were chosen in the same builds "
                 f"({seen}); more builds of the same kind may not tell them apart: force one (bisector confirm).")
-    if is_sure(suspects):
+    if is_sure(suspects, alpha=alpha, looks=looks):
         ahead = (f", {suspects[1].p_value / top.p_value:.0f} times less likely by chance than the next suspect"
                  if len(suspects) > 1 and top.p_value > 0 else "")
         return f"Sure: {name} goes with the failures ({seen}{ahead}). Confirm it by forcing it (bisector confirm)."
-    more = builds_needed(suspects, len(builds))
+    more = builds_needed(suspects, len(builds), alpha=alpha, sequential=confidence is not None)
     if more is None:
         return (f"Not sure: the top suspect is {name} ({seen}); at the rates seen so far even "
                 f"{MAX_SCALE} times as many builds would not single it out.")
     more_bad = round(more * bad / len(builds))
     return (f"Not sure yet: the top suspect is {name} ({seen}). At the rates seen so far about {more} more "
-            f"builds (about {more_bad} failing) would make it sure (p < {SURE_P:g} after "
-            f"correcting for the {len(suspects)} pairs, {SEPARATION:g} times ahead of the next).")
+            f"builds (about {more_bad} failing) would make it sure (p < {alpha:g} after "
+            f"correcting for the {len(suspects)} pairs{' and each look' if confidence is not None else ''}, "
+            f"{SEPARATION:g} times ahead of the next).")
 
 
 def _same_counts(a: Suspect, b: Suspect) -> bool:
@@ -179,8 +192,10 @@ def _same_counts(a: Suspect, b: Suspect) -> bool:
         (b.bad_with, b.good_with, b.bad_without, b.good_without)
 
 
-def builds_needed(suspects: Sequence[Suspect], n_builds: int) -> int | None:
-    """About how many more builds would make :func:`is_sure` hold, if every count grew in proportion
+def builds_needed(suspects: Sequence[Suspect], n_builds: int, alpha: float = SURE_P,
+                  sequential: bool = False) -> int | None:
+    """About how many more builds would make :func:`is_sure` hold (at ``alpha``; ``sequential``:
+    counting each build as a look, as :func:`confident` does), if every count grew in proportion
     (the top two suspects' tables scaled up, rounded); None beyond :data:`MAX_SCALE` times as many."""
     if not suspects or n_builds == 0:
         return None
@@ -189,7 +204,7 @@ def builds_needed(suspects: Sequence[Suspect], n_builds: int) -> int | None:
     while n < n_builds * MAX_SCALE:
         n += max(1, n // 20)
         scaled = sorted((_scaled(s, n / n_builds) for s in top), key=sort_key)
-        if is_sure(scaled, len(suspects)) and (scaled[0].layer, scaled[0].tactic) == (top[0].layer, top[0].tactic):
+        if is_sure(scaled, len(suspects), alpha, n if sequential else 1) and (scaled[0].layer, scaled[0].tactic) == (top[0].layer, top[0].tactic):
             return n - n_builds
     return None
 

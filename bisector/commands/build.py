@@ -206,9 +206,10 @@ def deadline_rule(session, budget_s: float, text: str):
 def suspects_rule(session, progress, confidence: float | None):
     """After each new build, rank the builds so far and show the top suspect in the live view
     (``progress.status``). With ``confidence``, stop once the top suspect's p-value times the
-    number of pairs (Bonferroni) is below ``1 - confidence`` and the next suspect is ``SEPARATION``
+    number of pairs and the number of builds so far (Bonferroni over the pairs and over the looks,
+    ``ranking.confident``) is below ``1 - confidence`` and the next suspect is ``SEPARATION``
     times less likely. Each build's tactics are read once."""
-    from bisector.build.ranking import SEPARATION, builds_needed, rank
+    from bisector.build.ranking import builds_needed, confident, rank
     from bisector.build.tactics import pairs, read_tactics
 
     known = len(hunt_builds(session))
@@ -227,12 +228,12 @@ def suspects_rule(session, progress, confidence: float | None):
         s = rank(builds) if any(failed for _, failed in builds) else []
         if not s:
             return None
-        more = builds_needed(s, len(builds))
+        more = builds_needed(s, len(builds), alpha=1 - confidence, sequential=True) if confidence \
+            else builds_needed(s, len(builds))
         progress.status = (f"top suspect {s[0].layer} tactic {s[0].tactic}: p = {s[0].p_value:.2g}, in "
                            f"{s[0].bad_with} failing / {s[0].good_with} passing builds"
                            + (f"; sure in about {more} more builds" if more else ""))
-        sure = s[0].p_value * len(s) < 1 - confidence if confidence else False
-        if sure and (len(s) < 2 or s[1].p_value >= SEPARATION * s[0].p_value):
+        if confidence and confident(s, len(builds), confidence):
             return f"{s[0].layer} tactic {s[0].tactic} reached confidence {confidence:g}"
         return None
     return stop

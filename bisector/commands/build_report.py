@@ -70,7 +70,7 @@ def build_report(command, res: dict[str, Any], session, check, force_output: boo
 
     builds, unread = read_builds(session, sorted(res["good_builds"] + res["bad_builds"]))
     suspects = [s.to_json() for s in rank(builds)] if builds else []
-    words = verdict(rank(builds) if builds else [], builds)
+    words = verdict(rank(builds) if builds else [], builds, command.options.confidence)
     result = BuildResult.of(res, suspects, words)
     target = parse_until(command.options.until).verdict
     conclusive, doubt = _conclusive(res, target)

@@ -124,3 +124,39 @@ def test_verdict_when_two_pairs_were_always_chosen_together():
     text = verdict(rank(builds), builds)
     assert text.startswith("Not sure: x tactic 1 and y tactic 1 were chosen in the same builds")
     assert "bisector confirm" in text
+
+
+def _hunt(rng: random.Random, builds: int, culprit: bool, confidence: float) -> int | None:
+    """A simulated `--confidence` hunt, ranked after every build as `suspects_rule` does: four
+    layers of three tactics each chosen at random; a build fails at random (15%) or, with
+    ``culprit``, whenever l1 picked tactic b. The build at which it stopped, or None."""
+    from bisector.build.ranking import confident
+
+    done: list = []
+    for n in range(1, builds + 1):
+        tactics = {f"l{k}": rng.choice("abc") for k in range(4)}
+        failed = (culprit and tactics["l1"] == "b") or rng.random() < 0.15
+        done.append((tactics, failed))
+        if any(f for _, f in done) and confident(rank(done), n, confidence):
+            return n
+    return None
+
+
+def test_confidence_stop_is_a_sequential_test_without_false_alarms():
+    """Failures independent of tactics: the stop rule, looked at after each of 200 builds, never
+    says sure in 100 seeded hunts (looking after every build at the uncorrected p x pairs said sure
+    in 2-3% of such hunts); a planted culprit still stops the hunt, and the verdict then agrees."""
+    rng = random.Random(2026)
+    false_stops = [seed for seed in range(100) if _hunt(random.Random(seed), 200, False, 0.9) is not None]
+    assert false_stops == []
+    stopped = _hunt(rng, 200, True, 0.9)
+    assert stopped is not None and stopped < 100
+    rng = random.Random(2026)
+    builds = []
+    for _ in range(stopped):
+        tactics = {f"l{k}": rng.choice("abc") for k in range(4)}
+        builds.append((tactics, tactics["l1"] == "b" or rng.random() < 0.15))
+    s = rank(builds)
+    assert (s[0].layer, s[0].tactic) == ("l1", "b")
+    assert verdict(s, builds, 0.9).startswith("Sure")
+
