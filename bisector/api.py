@@ -31,6 +31,7 @@ from bisector.checks.spec import CheckSpec
 from bisector.codec import absolute, decode, encode
 from bisector.commands.base import Command, Plan, Report
 from bisector.engine import Engine, Outcome
+from bisector.engine.executors import EXECUTORS, make_executor
 from bisector.errors import UserError
 
 Listener = Callable[[dict[str, Any]], None]
@@ -42,7 +43,9 @@ class RunOptions:
     once (``jobs``, one ``CUDA_VISIBLE_DEVICES`` per worker from ``devices``), which files the
     check writes to sort into good/bad (``artifacts``, into ``art_dir``), the ``iter_info`` file,
     whether to keep each artifact, whether an inconclusive answer is written all the same
-    (``force_output``) and a Polygraphy debug replay to import."""
+    (``force_output``) and a Polygraphy debug replay to import. ``executor``: ``local`` (threads
+    here) or ``ray`` (each check a Ray task on the cluster at ``ray_address``, with
+    ``gpus_per_check`` GPUs; see :mod:`bisector.engine.executors`)."""
 
     session: Path | None = None
     jobs: int = 1
@@ -53,6 +56,9 @@ class RunOptions:
     keep_intermediate: bool = False
     force_output: bool = False
     load_debug_replay: Path | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    gpus_per_check: float = 0
 
     def validate(self) -> None:
         if self.jobs < 1:
@@ -60,6 +66,10 @@ class RunOptions:
         if self.iter_info and Path(self.iter_info).is_absolute() and self.jobs > 1:
             raise UserError(f"`iter_info` {self.iter_info}: with -j {self.jobs}, checks running at once would "
                             f"share one file", hint="give a relative name: it is written in each iteration directory")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"`executor` {self.executor!r}: choose {', '.join(EXECUTORS)}")
+        if self.executor != "ray" and (self.ray_address or self.gpus_per_check):
+            raise UserError("`ray_address` and `gpus_per_check` go with `executor` ray")
 
 
 @dataclass
@@ -104,7 +114,10 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
         notes = []
         if options.load_debug_replay:
             notes.append(_import_replay(session, plan, options.load_debug_replay))
-        engine = Engine(plan.strategy, plan.materializer, check_obj, session, jobs=options.jobs,
+        executor = make_executor(check_obj, check.to_json() if built is None else None, executor=options.executor,
+                                 address=options.ray_address, gpus_per_check=options.gpus_per_check,
+                                 session_dir=session.root)
+        engine = Engine(plan.strategy, plan.materializer, check_obj, session, jobs=options.jobs, executor=executor,
                         devices=list(options.devices) or None,
                         artifacts=[*options.artifacts, *(a for a in plan.artifacts if a not in options.artifacts)],
                         keep_intermediate=options.keep_intermediate, listeners=list(listeners),
@@ -113,6 +126,8 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
             outcome = engine.run()
         except UserError as exc:
             raise command.explain(exc) from None
+        finally:
+            executor.shutdown()
         report = command.finish(plan, outcome, session, check, force_output=options.force_output)
         write_reports(session, strategy=command.name, stats=outcome.stats, result=_report_json(report),
                       answer_md=report.markdown, reproduce=list(report.reproduce) if report.reproduce else None)

@@ -40,7 +40,8 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "save_outputs": "--save-outputs", "builder": "--builder", "build_cmd": "--build-cmd",
          "max_builds": "--max-builds", "keep_engines": "--keep-engines", "build_timeout": "--build-timeout",
          "trtexec": "--trtexec", "iter_artifact": "--iter-artifact", "hunt": "HUNT", "layer": "--layer",
-         "tactic": "--tactic", "confidence": "--confidence"}
+         "tactic": "--tactic", "confidence": "--confidence",
+         "executor": "--executor", "ray_address": "--ray-address", "gpus_per_check": "--gpus-per-check"}
 OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
 
 
@@ -193,7 +194,8 @@ def run_options(s: SessionOptions) -> RunOptions:
     opts = RunOptions(session=s.session.absolute() if s.session else None, jobs=s.jobs, devices=devices,
                       artifacts=tuple(s.artifacts or ()), art_dir=s.art_dir.absolute() if s.art_dir else None,
                       iter_info=s.iter_info, keep_intermediate=s.no_remove_intermediate, force_output=s.force_output,
-                      load_debug_replay=s.load_debug_replay.absolute() if s.load_debug_replay else None)
+                      load_debug_replay=s.load_debug_replay.absolute() if s.load_debug_replay else None,
+                      executor=s.executor, ray_address=s.ray_address, gpus_per_check=s.gpus_per_check)
     opts.validate()
     return opts
 

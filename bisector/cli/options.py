@@ -224,3 +224,12 @@ class SessionOptions:
     load_debug_replay: Annotated[Optional[Path], typer.Option(
         "--load-debug-replay", help="Import the verdicts of a Polygraphy debug replay",
         rich_help_panel="Session")] = None
+    executor: Annotated[str, typer.Option(
+        "--executor", help="Where checks run: local (threads here) or ray (a Ray task each; pip install "
+        "'bisector[ray]'; the session directory on a shared filesystem)", rich_help_panel="Session")] = "local"
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="The Ray cluster (ray start --head prints it; default: a local one)",
+        rich_help_panel="Session")] = None
+    gpus_per_check: Annotated[float, typer.Option(
+        "--gpus-per-check", help="GPUs Ray gives each check (it sets CUDA_VISIBLE_DEVICES)",
+        rich_help_panel="Session")] = 0

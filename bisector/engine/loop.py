@@ -19,6 +19,7 @@ from bisector.artifacts.report import first_failure
 from bisector.artifacts.session import Session
 from bisector.checks.base import Artifact, Check, CheckResult, Verdict
 from bisector.checks.process_group import kill_leftovers
+from bisector.engine.executors import Executor, LocalExecutor
 from bisector.engine.outcome import EndpointError, Listener, Materializer, Outcome, Stats, TrivialFails
 from bisector.engine.records import log_event, remove_intermediate
 from bisector.errors import SessionAborted
@@ -40,15 +41,18 @@ class Engine:
     ``art_dir``: where ``good/``/``bad/`` go (Polygraphy's ``--art-dir``; default: the session).
     ``iter_info``: a JSON file ``{"iteration": N}`` written before each check (Polygraphy's
     ``--iter-info``); a relative path lands in the iteration directory, where the check runs.
+    ``executor``: where each check runs (:mod:`bisector.engine.executors`; default: the thread).
     """
 
     def __init__(self, strategy: Strategy, materializer: Materializer, check: Check, session: Session, *,
                  jobs: int = 1, devices: list[str] | None = None, artifacts: list[str] | None = None,
                  keep_intermediate: bool = False, listeners: list[Listener] | None = None,
-                 check_endpoints: bool = True, art_dir: Path | None = None, iter_info: str | None = None):
+                 check_endpoints: bool = True, art_dir: Path | None = None, iter_info: str | None = None,
+                 executor: Executor | None = None):
         self.strategy = strategy
         self.materializer = materializer
         self.check = check
+        self.executor = executor or LocalExecutor(check)
         self.session = session
         self.jobs = max(1, jobs)
         if self.jobs > 1 and not check.parallel:
@@ -150,7 +154,7 @@ class Engine:
 
     def _terminate_checks(self) -> None:
         try:
-            self.check.terminate()
+            self.executor.terminate()
         except Exception:
             log.debug("terminate failed", exc_info=True)
 
@@ -170,8 +174,8 @@ class Engine:
             if fut.cancel():  # never started
                 del self._running[fp]
         self._search_over = True  # from now on a check that has not started its run never does
-        while self.check.cancellable and not all(fut.done() for fut in self._running.values()):
-            self.check.cancel()  # again until all are done: a worker may start its command after a call
+        while self.executor.cancellable and not all(fut.done() for fut in self._running.values()):
+            self.executor.cancel()  # again until all are done: a worker may start its command after a call
             wait(list(self._running.values()), timeout=CANCEL_POLL_S)
         wait(list(self._running.values()))
         for fp, fut in list(self._running.items()):
@@ -236,12 +240,12 @@ class Engine:
                 continue
             if fut.cancel():
                 del self._running[other]
-            elif self.check.cancellable:
+            elif self.executor.cancellable:
                 self._dropped.add(other)
                 with self._lock:
                     started = self._started.get(other)
                 if started is not None:
-                    self.check.cancel(started[1])
+                    self.executor.cancel(other, started[1])
 
     def _speculate(self, guesses: list[tuple[Candidate, str]]) -> None:
         """Start guesses, in the strategy's order, while fewer than ``jobs`` wanted checks run."""
@@ -281,7 +285,7 @@ class Engine:
             try:
                 if self._search_over or fp in self._dropped:
                     raise SessionAborted("the search no longer needs this check")
-                result = self.check.run(artifact)
+                result = self.executor.run(artifact, fp)
             except SessionAborted:
                 if self._search_over or fp in self._dropped:  # cancelled: leave nothing half-done
                     shutil.rmtree(workdir, ignore_errors=True)

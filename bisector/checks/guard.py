@@ -1,0 +1,85 @@
+"""A guard that ends a check's process group after the process running the check was SIGKILLed
+(a Ray worker under ``ray.cancel(force=True)``).
+
+``die_with_parent`` kills the check's command with its parent, but what the command started lives
+on in its process group; and Ray kills the worker's direct children with it, so the guard must not
+be one. :func:`start_guard` starts a small Python (``LAUNCH``) that forks and
+leaves its parent at once (the guard is re-parented away from the worker: not to it, since the
+worker's subreaper flag is off meanwhile). The guard holds the read end of a pipe whose write end
+only the worker has. At EOF without ``done`` the worker is dead: the guard ends the group recorded
+in ``WORKDIR/check.pgid`` (SIGTERM, then SIGKILL). Linux only; elsewhere no guard is started.
+
+Example::
+
+    done = start_guard(workdir)   # before the check runs
+    try:
+        check.run(artifact)
+    finally:
+        done()                    # the group is gone: the guard leaves without a signal
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+DONE = b"done"
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisector` finds this package
+# The guard's parent leaves at once (before any import: the worker waits only for that), so the
+# guard is nobody's direct child in the worker; the guard then waits for the worker's word.
+LAUNCH = ("import os, sys\nif os.fork() > 0:\n    os._exit(0)\nsys.path.insert(0, sys.argv[2])\n"
+          "from bisector.checks.guard import main\nmain(sys.argv[1])\n")
+
+
+def _subreaper(on: bool) -> None:
+    import ctypes
+
+    from bisector.checks.process_group import PR_SET_CHILD_SUBREAPER
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+
+
+def start_guard(workdir: Path) -> Callable[[], None]:
+    """Start the guard of the check about to run in ``workdir``; return the call that dismisses it."""
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    read_end, write_end = os.pipe()
+    _subreaper(False)  # the guard's parent exits at once: its orphan must not come back to us
+    try:
+        subprocess.run([sys.executable, "-S", "-c", LAUNCH, str(workdir), PACKAGE_ROOT], stdin=read_end,
+                       start_new_session=True, check=False, timeout=60)
+    finally:
+        os.close(read_end)
+        _subreaper(True)  # as adopt_orphans left it: the command check wants it on
+
+    def dismiss() -> None:
+        try:
+            os.write(write_end, DONE)
+        finally:
+            os.close(write_end)
+
+    return dismiss
+
+
+def guard(workdir: Path) -> None:
+    """Wait for the worker's word on stdin; with none (it was killed), end the check's group."""
+    word = sys.stdin.buffer.read()
+    if word == DONE:
+        return
+    from bisector.checks.process_group import RECORD_NAME, GroupRecord, _end, _members, remove_record
+
+    record = GroupRecord.read(Path(workdir) / RECORD_NAME)
+    if record is not None:
+        _end(sum(_members([record]), []))
+        remove_record(workdir)
+
+
+def main(workdir: str) -> None:
+    """The guard process (see ``LAUNCH``)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    guard(Path(workdir))

@@ -1,0 +1,190 @@
+"""The ray executor on a real local Ray cluster (logical GPUs; one cluster for the module): a reduce
+on Ray gives the answer and the journal verdicts of a local ``-j 1``, each check sees the GPU Ray
+gave it, a failing check still fails under Ray's ``SIGCHLD`` pitfall, and cancel kills the check's
+process tree, grandchildren included."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bisector import api
+from bisector.checks.base import Artifact, Verdict
+from bisector.checks.spec import CheckSpec
+from bisector.commands.reduce import ReduceCommand, ReduceOptions
+from bisector.engine import ray_task
+from bisector.engine.executors import RayExecutor, make_executor
+from bisector.errors import SessionAborted, UserError
+from fixtures import fixture_path
+
+ROOT = Path(__file__).resolve().parents[2]
+FAULTY = CheckSpec.command([sys.executable, str(ROOT / "fixtures" / "faulty_check.py"), "polygraphy_debug.onnx",
+                            "--fault", "scale:relu4", "--load-inputs", "inputs.json"])
+RECORD_GPU = "import os, sys, time; open(sys.argv[1] + '/' + sys.argv[2], 'w').write(" \
+             "os.environ.get('CUDA_VISIBLE_DEVICES', '-')); time.sleep(1.5)"
+TREE = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); " \
+       "open('grandchild.pid', 'w').write(str(p.pid)); time.sleep(300)"
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
+    with pytest.MonkeyPatch.context() as patch:  # no token in ~/.ray that another cluster may rewrite
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
+
+
+def artifact(tmp_path: Path, n: int) -> Artifact:
+    workdir = tmp_path / "iterations" / f"{n:04d}"
+    workdir.mkdir(parents=True)
+    return Artifact(workdir=workdir, path=workdir / "polygraphy_debug.onnx", iteration=n, session_dir=tmp_path)
+
+
+def dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_an_unknown_executor_or_ray_flags_without_ray_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="`executor` 'slurm'"):
+        api.RunOptions(executor="slurm").validate()
+    with pytest.raises(UserError, match="`ray_address`"):
+        api.RunOptions(ray_address="10.0.0.1:6379").validate()
+    with pytest.raises(UserError, match="`executor` ray runs command"):
+        RayExecutor(CheckSpec().to_json())  # an interactive check: a person, not a task
+
+
+@pytest.mark.ray
+def test_a_reduce_on_ray_gives_the_answer_and_verdicts_of_local_j1(ray, tmp_path):
+    runs = {}
+    for name, options in (("local", {}), ("ray", {"executor": "ray", "jobs": 2})):
+        command = ReduceCommand(ReduceOptions(model=fixture_path("chain"), output=tmp_path / f"{name}.onnx"))
+        runs[name] = api.run(command, FAULTY, api.RunOptions(session=tmp_path / name, **options))
+    local, on_ray = runs["local"], runs["ray"]
+    assert on_ray.exit_code == local.exit_code == 0
+    assert on_ray.report.result.node_names == local.report.result.node_names == ("relu4",)
+    verdicts = {name: {e.fingerprint: e.verdict for e in run.outcome.iterations} for name, run in runs.items()}
+    assert set(verdicts["local"]) <= set(verdicts["ray"])  # every check -j 1 asked for, and speculation
+    assert all(verdicts["ray"][fp] == v for fp, v in verdicts["local"].items())
+
+
+@pytest.mark.ray
+def test_each_check_sees_the_gpu_ray_gave_it(ray, tmp_path):
+    spec = CheckSpec.command([sys.executable, "-c", RECORD_GPU, str(tmp_path), "{iteration}"]).to_json()
+    executor = make_executor(None, spec, executor="ray", gpus_per_check=1)
+    arts = [artifact(tmp_path, n) for n in (1, 2)]
+    for art in arts:  # a per-worker --devices value is Ray's to replace
+        art.extra_env = {"CUDA_VISIBLE_DEVICES": "7"}
+    results = {}
+    threads = [threading.Thread(target=lambda a=a: results.update({a.iteration: executor.run(a, str(a.iteration))}))
+               for a in arts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r.verdict is Verdict.GOOD for r in results.values()) and len(results) == 2
+    seen = {(tmp_path / str(n)).read_text() for n in (1, 2)}
+    assert seen == {"0", "1"}  # two checks at once: one logical GPU each, set by Ray
+
+
+@pytest.mark.ray
+def test_a_failing_check_still_fails_when_ray_ignores_sigchld(ray, tmp_path):
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:  # the pitfall: with SIGCHLD ignored, a child's exit status reads 0
+        assert subprocess.run([sys.executable, "-c", "raise SystemExit(1)"]).returncode == 0
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    spec = CheckSpec.command([sys.executable, "-c", "raise SystemExit(1)"]).to_json()
+
+    def failing_under_ignored_sigchld(spec, art):  # defined here: Ray ships it by value
+        import signal
+
+        from bisector.engine import ray_task
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # what Ray's recursive subreaper mode does
+        return ray_task.run_check(spec, art)
+
+    task = ray.remote(failing_under_ignored_sigchld).options(num_cpus=1)
+    result = ray.get(task.remote(spec, ray_task.artifact_json(artifact(tmp_path, 1))))
+    assert result["verdict"] == Verdict.BAD.value and result["exit_code"] == 1
+
+
+@pytest.mark.ray
+def test_cancel_kills_the_checks_process_tree(ray, tmp_path):
+    executor = make_executor(None, CheckSpec.command([sys.executable, "-c", TREE]).to_json(), executor="ray")
+    art = artifact(tmp_path, 1)
+    errors = []
+    runner = threading.Thread(target=lambda: errors.append(_raised(executor.run, art, "k")))
+    runner.start()
+    pid_file = art.workdir / "grandchild.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert not dead(grandchild)
+    executor.cancel("k")
+    runner.join(30)
+    assert isinstance(errors[0], SessionAborted)
+    deadline = time.monotonic() + 10
+    while not dead(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dead(grandchild), "the check's grandchild outlived the cancelled task"
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return None
+
+
+@pytest.mark.ray
+def test_a_cluster_that_cannot_see_the_session_directory_is_told_in_one_line(ray, tmp_path):
+    with pytest.raises(UserError, match="`ray_address`: the session directory .* is not visible"):
+        RayExecutor(FAULTY.to_json(), address="auto", session_dir=tmp_path / "elsewhere")
+
+
+@pytest.mark.ray
+def test_the_cli_runs_a_reduce_on_a_ray_cluster_given_by_address(ray, tmp_path):
+    from tests.helpers import ENV
+
+    shutil.copy(fixture_path("chain"), tmp_path / "m.onnx")
+    address = ray.get_runtime_context().gcs_address
+    argv = ["reduce", "m.onnx", "-o", "red.onnx", "--session", "s", "-q", "-j", "2", "--executor", "ray",
+            "--ray-address", address, "--check", *FAULTY.argv]
+    proc = subprocess.run([sys.executable, "-m", "bisector", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**ENV, "RAY_AUTH_MODE": "disabled"}, stdin=subprocess.DEVNULL, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s" / "session.json").read_text())["spec"]["run"]["executor"] == "ray"
+
+
+def test_ray_flags_without_the_ray_executor_are_named_as_flags(tmp_path):
+    from tests.helpers import bisector
+
+    shutil.copy(fixture_path("chain"), tmp_path / "m.onnx")
+    proc = bisector("reduce", "m.onnx", "-o", "red.onnx", "--gpus-per-check", "1", "--check", *FAULTY.argv,
+                    cwd=tmp_path)
+    assert proc.returncode != 0 and "--ray-address and --gpus-per-check go with --executor ray" in proc.stderr
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_check_gives_a_retry_not_a_verdict(ray, tmp_path):
+    kill_first = "import os, signal, sys; m = sys.argv[1]; " \
+                 "os.path.exists(m) or (open(m, 'w').close(), os.kill(os.getppid(), signal.SIGKILL)); sys.exit(1)"
+    spec = CheckSpec.command([sys.executable, "-c", kill_first, str(tmp_path / "killed-once")]).to_json()
+    result = make_executor(None, spec, executor="ray").run(artifact(tmp_path, 1), "k")
+    assert (tmp_path / "killed-once").exists()  # the first try died with its worker
+    assert result.verdict is Verdict.BAD and result.exit_code == 1  # the verdict of the retry
