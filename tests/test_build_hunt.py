@@ -25,7 +25,7 @@ from bisector.checks.spec import CheckSpec
 from bisector.commands.build import BuildCommand, BuildOptions
 from fixtures.flaky_builder import tactic_hash
 from fixtures.models import make_transformer
-from tests.helpers import ENV, ROOT, bisector, journal, report
+from tests.helpers import ENV, ROOT, bisector, journal, one_error_line, report
 
 BUILDER = ROOT / "fixtures" / "flaky_builder.py"
 CHECK = ROOT / "fixtures" / "engine_check.py"
@@ -53,9 +53,13 @@ def check_argv(model: Path) -> list[str]:
 def test_until_bad_stops_at_the_first_failing_build_and_sorts_each_build_into_good_or_bad(tmp_path, model):
     # gemm_fp32 is flawed here: builds 0 and 1 chose another implementation, build 2 chose it
     done = bisector("build", str(model), "--build-cmd", build_cmd("gemm_fp32"), "--until", "bad", "--keep-engines",
-                    "--session", "s", "-q", "--check", *check_argv(model), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+                    "--session", "s", "-q", "-o", "out.json", "--check", *check_argv(model), cwd=tmp_path)
+    # one failing build among three: the top suspect is not sure yet, so the hunt is inconclusive
+    assert done.returncode == 4, done.stderr
+    assert report(tmp_path / "s")["conclusive"] is False and "not sure" in done.stderr
+    assert not (tmp_path / "out.json").exists()
     r = report(tmp_path / "s")["result"]
+    assert r["verdict"].startswith("Not sure")
     assert (r["builds"], r["good_builds"], r["bad_builds"]) == (3, [0, 1], [2])
     assert r["reason"] == "build 2 was bad"
     session = tmp_path / "s"
@@ -84,7 +88,7 @@ def test_a_hunt_of_n_builds_ranks_the_planted_tactic_first(tmp_path, model):
     md = (tmp_path / "s" / "result" / "report.md").read_text()
     assert "pass rate 60%" in md and "### Pass rate over time" in md and f"| `{FLAKY}` |" in md
     assert not list((tmp_path / "s").glob("*/polygraphy_debug_N*.engine"))  # engines only with --keep-engines
-    assert run.exit_code == 0
+    assert r.verdict.startswith("Not sure yet") and run.exit_code == 4  # ranked first, but 4 failures are not sure
 
 
 def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(tmp_path, model):
@@ -114,6 +118,29 @@ def test_confirm_forces_the_top_suspect_away_and_on_and_the_failure_follows_it(t
     assert [(t["layer"], t["tactic"]) for t in forced["layers"]] == [(FLAKY, r["away_tactic"])]
 
 
+def test_confirm_of_an_innocent_pair_is_not_confirmed_and_inconclusive(tmp_path, model):
+    api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="6")),
+            CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
+    suspects = json.loads((tmp_path / "s" / "result" / "suspects.json").read_text())
+    layers = Counter(s["layer"] for s in suspects)
+    innocent = next(s for s in suspects if s["layer"] != FLAKY and layers[s["layer"]] > 1)
+    done = bisector("confirm", "s", "--repeat", "2", "--layer", innocent["layer"], "--tactic", innocent["tactic"],
+                    "--json", cwd=tmp_path)
+    assert done.returncode == 4, done.stderr
+    r = report(tmp_path / "s" / "confirm")
+    assert r["conclusive"] is False and r["result"]["verdict"].startswith("Not confirmed")
+
+
+def test_confirm_refuses_a_hunt_without_a_failing_build_or_without_a_journal(tmp_path, model):
+    api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(fail_prob=0.0), until="2")),
+            CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s"))
+    done = bisector("confirm", "s", cwd=tmp_path)
+    assert done.returncode == 2 and "s failed: there is no suspect to confirm" in one_error_line(done.stderr)
+    (tmp_path / "s" / "journal.jsonl").unlink()
+    done = bisector("confirm", "s", cwd=tmp_path)
+    assert done.returncode == 2 and "journal cannot be read" in one_error_line(done.stderr)
+
+
 def test_confirm_refuses_a_session_that_is_no_hunt_or_names_half_a_suspect(tmp_path, model):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "session.json").write_text(json.dumps({"format": 1, "spec": {}}))
@@ -137,7 +164,7 @@ def test_kill_9_mid_hunt_then_resume_builds_each_build_once(tmp_path, model):
     before = len(journal(session, torn_ok=True))
     assert 2 <= before < 6
     done = bisector("resume", str(session), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 4, done.stderr  # 3 failing builds of 6: ranked, but not sure yet (inconclusive)
     entries = journal(session)
     assert sorted(e["items"][0] for e in entries) == list(range(6))
     assert max(Counter(e["fingerprint"] for e in entries).values()) == 1

@@ -153,6 +153,15 @@ def confident(suspects: Sequence[Suspect], n_builds: int, confidence: float) -> 
     return is_sure(suspects, alpha=1 - confidence, looks=n_builds)
 
 
+def sure(suspects: Sequence[Suspect], builds: Sequence[Build], confidence: float | None = None) -> bool:
+    """The rule :func:`verdict` says "Sure" by: :func:`confident` with ``confidence``, else
+    :func:`is_sure` at :data:`SURE_P`; never when no build failed, or every build did."""
+    bad = sum(1 for _, failed in builds if failed)
+    if not suspects or bad == 0 or bad == len(builds):
+        return False
+    return confident(suspects, len(builds), confidence) if confidence is not None else is_sure(suspects)
+
+
 def verdict(suspects: Sequence[Suspect], builds: Sequence[Build], confidence: float | None = None) -> str:
     """How sure the top suspect is, in plain words, and about how many more builds would make it
     sure at the rates seen so far. With ``confidence`` (a hunt that stopped by ``--confidence``
@@ -172,19 +181,22 @@ def verdict(suspects: Sequence[Suspect], builds: Sequence[Build], confidence: fl
         nxt = suspects[1]
         return (f"Not sure: {name} and {nxt.layer} tactic {nxt.tactic} were chosen in the same builds "
                 f"({seen}); more builds of the same kind may not tell them apart: force one (bisector confirm).")
+    other = (f" It does not explain {top.bad_without} of the {bad} failing builds (they did not choose it): "
+             f"another cause fails them too (another flaky layer, or not a tactic)." if top.bad_without else "")
     if is_sure(suspects, alpha=alpha, looks=looks):
         ahead = (f", {suspects[1].p_value / top.p_value:.0f} times less likely by chance than the next suspect"
                  if len(suspects) > 1 and top.p_value > 0 else "")
-        return f"Sure: {name} goes with the failures ({seen}{ahead}). Confirm it by forcing it (bisector confirm)."
+        return (f"Sure: {name} goes with the failures ({seen}{ahead}). Confirm it by forcing it (bisector confirm)."
+                + other)
     more = builds_needed(suspects, len(builds), alpha=alpha, sequential=confidence is not None)
     if more is None:
         return (f"Not sure: the top suspect is {name} ({seen}); at the rates seen so far even "
-                f"{MAX_SCALE} times as many builds would not single it out.")
+                f"{MAX_SCALE} times as many builds would not single it out." + other)
     more_bad = round(more * bad / len(builds))
     return (f"Not sure yet: the top suspect is {name} ({seen}). At the rates seen so far about {more} more "
             f"builds (about {more_bad} failing) would make it sure (p < {alpha:g} after "
             f"correcting for the {len(suspects)} pairs{' and each look' if confidence is not None else ''}, "
-            f"{SEPARATION:g} times ahead of the next).")
+            f"{SEPARATION:g} times ahead of the next)." + other)
 
 
 def _same_counts(a: Suspect, b: Suspect) -> bool:

@@ -74,7 +74,12 @@ def tactics_of_builds(root: Path) -> list[tuple[dict, bool]]:
     from bisector.commands.build import KEPT_TACTICS
 
     out = []
-    for line in (Path(root) / "journal.jsonl").read_text().splitlines():
+    try:
+        lines = (Path(root) / "journal.jsonl").read_text().splitlines()
+    except OSError as e:
+        raise UserError(f"{root}: the hunt's journal cannot be read ({e.strerror or e}): `hunt`",
+                        hint=f"a hunt that never built: bisector resume {root}") from None
+    for line in lines:
         try:
             e = json.loads(line)
         except ValueError:
@@ -93,6 +98,9 @@ def choose(root: Path, layer: str | None, tactic: str | None):
     """``(suspect Tactic, away Tactic)``: the suspect (default: the hunt's top one) and the tactic its
     layer got most often in passing builds (else in any build)."""
     builds = tactics_of_builds(root)
+    if not any(failed for _, failed in builds):
+        raise UserError(f"no build of {root} failed: there is no suspect to confirm: `hunt`",
+                        hint=f"let the hunt find failing builds: bisector resume {root}")
     if layer is None or tactic is None:
         path = Path(root) / "result" / "suspects.json"
         suspects = json.loads(path.read_text()) if path.exists() else []
@@ -174,8 +182,8 @@ class ConfirmCommand(Command):
         path.write_text(json.dumps(r.to_json(), indent=1) + "\n")
         return Report(result=r, files={"confirm_json": str(path)}, markdown=f"## Answer\n\n{r.verdict}\n",
                       lines=(r.verdict,), reproduce=tuple(check.argv) if check.kind == "command" else None,
-                      conclusive=r.on["bad"] + r.on["good"] > 0 and r.away["bad"] + r.away["good"] > 0,
-                      doubt="" if r.on["good"] + r.on["bad"] and r.away["good"] + r.away["bad"]
+                      conclusive=r.follows and r.on["bad"] + r.on["good"] > 0 and r.away["bad"] + r.away["good"] > 0,
+                      doubt="" if r.follows else r.verdict if r.on["good"] + r.on["bad"] and r.away["good"] + r.away["bad"]
                       else "every build of an arm was skipped", show_failing_log=False)
 
 

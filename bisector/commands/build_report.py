@@ -64,16 +64,19 @@ def _num(value) -> str:
 
 
 def build_report(command, res: dict[str, Any], session, check, force_output: bool) -> Report:
-    from bisector.build.ranking import rank, verdict
+    from bisector.build.ranking import rank, sure, verdict
     from bisector.commands.build import SUSPECTS_NAME, parse_until
     from bisector.commands.results import BuildResult
 
     builds, unread = read_builds(session, sorted(res["good_builds"] + res["bad_builds"]))
     suspects = [s.to_json() for s in rank(builds)] if builds else []
-    words = verdict(rank(builds) if builds else [], builds, command.options.confidence)
+    ranked = rank(builds) if builds else []
+    words = verdict(ranked, builds, command.options.confidence)
     result = BuildResult.of(res, suspects, words)
     target = parse_until(command.options.until).verdict
     conclusive, doubt = _conclusive(res, target)
+    if conclusive and res["bad"] and res["good"] and not sure(ranked, builds, command.options.confidence):
+        conclusive, doubt = False, f"the top suspect is not sure: {words}"
     files = {"suspects_json": str(_write(session.result_dir / SUSPECTS_NAME, suspects))}
     if command.options.output is not None and (conclusive or force_output):
         files["output"] = str(_write(Path(command.options.output), suspects))

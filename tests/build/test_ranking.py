@@ -160,3 +160,13 @@ def test_confidence_stop_is_a_sequential_test_without_false_alarms():
     assert (s[0].layer, s[0].tactic) == ("l1", "b")
     assert verdict(s, builds, 0.9).startswith("Sure")
 
+
+
+def test_verdict_names_the_failing_builds_the_top_suspect_does_not_explain():
+    """Two flaky layers: a fails with tactic x, b with tactic y; 3 failing builds had b's y only."""
+    builds = ([({"a": "x", "b": "z"}, True)] * 12 + [({"a": "w", "b": "y"}, True)] * 3
+              + [({"a": "w", "b": "z"}, False)] * 12)
+    words = verdict(rank(builds), builds)
+    assert "does not explain 3 of the 15 failing builds" in words and "another cause" in words
+    clean = builds[:12] + builds[15:]
+    assert "another cause" not in verdict(rank(clean), clean)

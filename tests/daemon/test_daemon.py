@@ -26,7 +26,8 @@ from tests.helpers import ENV, ROOT, executable, faulty, journal, one_error_line
 CHAIN_ANSWER = ["relu4"]  # what `bisector reduce` run directly answers (tests/cli/test_sessions.py)
 DIAMOND_ANSWER = ["branch_b_tanh"]  # the same command run directly on the diamond, scale:branch_b_tanh
 # The build hunt of tests/test_build_hunt.py (seed = build number, gemm_split_k planted in fc1_matmul):
-# run directly with --until 8, builds 0, 1 and 5 are bad and the planted tactic ranks first.
+# run directly, builds 0, 1 and 5 are bad, the planted tactic ranks first, and with --confidence 0.9 it is sure
+# after 16 builds.
 BUILD_CMD = (f"{sys.executable} {ROOT / 'fixtures' / 'flaky_builder.py'} {{model}} {{engine}} {{tactics}} "
              "--seed {build} --flaky-layer fc1_matmul --flaky-tactic gemm_split_k --fail-prob 1.0")
 
@@ -130,7 +131,8 @@ def test_kill_9_mid_run_then_start_again_two_reduces_and_a_build_hunt_end_done_w
     daemon.start("--slots", "3")
     ids = [daemon.submit("--name", "chain", *reduce_argv("m.onnx", "scale:relu4", "chain_red.onnx")),
            daemon.submit(*reduce_argv("diamond.onnx", "scale:branch_b_tanh", "diamond_red.onnx")),
-           daemon.submit("--", "build", "t.onnx", "--build-cmd", BUILD_CMD, "--until", "8", "-q", "--check",
+           daemon.submit("--", "build", "t.onnx", "--build-cmd", BUILD_CMD, "--until", "40", "--confidence", "0.9",
+                         "-q", "--check",
                          sys.executable, str(ROOT / "fixtures" / "engine_check.py"), "polygraphy_debug.engine",
                          "--reference", str(tmp_path / "t.onnx"))]
     jobs = daemon.wait(lambda j: len(journal(Path(j[ids[0]]["session"]), torn_ok=True)) >= 2, timeout=60)
@@ -156,7 +158,9 @@ def test_kill_9_mid_run_then_start_again_two_reduces_and_a_build_hunt_end_done_w
     assert jobs[ids[0]]["answer"]["node_names"] == CHAIN_ANSWER
     assert jobs[ids[1]]["answer"]["node_names"] == DIAMOND_ANSWER
     hunt = jobs[ids[2]]["answer"]
-    assert (hunt["builds"], hunt["bad_builds"]) == (8, [0, 1, 5])
+    # a hunt that ends not sure is inconclusive (a failed job): this one stops once sure
+    assert hunt["builds"] == 16 and hunt["bad_builds"][:3] == [0, 1, 5]
+    assert hunt["reason"].endswith("reached confidence 0.9") and hunt["verdict"].startswith("Sure:")
     assert (hunt["suspects"][0]["layer"], hunt["suspects"][0]["tactic"]) == ("fc1_matmul",
                                                                             tactic_hash("MatMul", "gemm_split_k"))
     assert ids[0] in begun
