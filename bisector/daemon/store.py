@@ -99,7 +99,17 @@ def home_dir(create: bool = True) -> Path:
 
         home = platformdirs.user_state_path("bisector")
     if create:
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UserError(f"the state directory {home} is a file, not a directory",
+                            hint="set BISECTOR_HOME to a directory of your own") from None
+        except OSError as exc:  # under /proc, read-only, no permission: one line, not a traceback
+            raise UserError(f"the state directory {home} cannot be made: {exc.strerror or exc}",
+                            hint="set BISECTOR_HOME to a directory of your own") from None
+    if home.exists() and not home.is_dir():
+        raise UserError(f"the state directory {home} is not a directory",
+                        hint="set BISECTOR_HOME to a directory of your own")
     if home.exists():
         info = home.stat()
         if info.st_uid != os.getuid():

@@ -218,6 +218,16 @@ def test_a_bad_command_line_is_refused_at_submit_with_exit_2(daemon):
     assert daemon.jobs(cli=True) == {}
 
 
+def test_a_state_directory_that_is_a_file_or_cannot_be_made_is_one_error_line(daemon, tmp_path):
+    (tmp_path / "file").write_text("")
+    for home in (tmp_path / "file", tmp_path / "file" / "sub", Path("/proc/no-such-bisector-home")):
+        daemon.env["BISECTOR_HOME"] = str(home)
+        for args in (["jobs"], ["daemon", "status"]):
+            proc = daemon.run(*args)
+            assert proc.returncode == 2, (home, args, proc.stderr)
+            assert str(home) in one_error_line(proc.stderr)
+
+
 # ------------------------------------------------------------------------------------- cancel
 def test_cancel_a_queued_and_a_running_job_its_checks_die_too(daemon, tmp_path):
     hang = executable(tmp_path / "hang.py", """\
