@@ -200,6 +200,7 @@ def jobs(ctx: typer.Context,
          json_out: Annotated[bool, typer.Option("--json", help="A JSON list of jobs on stdout")] = False):
     """Every job: its state, progress, elapsed time and answer."""
     from bisector.cli.daemon_view import job_rows, print_jobs
+    from bisector.daemon.service import lock_holder
 
     home, store = _store()
     rows = job_rows(home, store.jobs())
@@ -208,7 +209,7 @@ def jobs(ctx: typer.Context,
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
         ctx.obj["ui"].summary_written = True
         return 0
-    print_jobs(rows)
+    print_jobs(rows, daemon_running=lock_holder(home) is not None)
     return 0
 
 
@@ -248,7 +249,10 @@ def report(job_id: Annotated[int, typer.Argument(help="The job's id")]):
     path = job_paths(home, job)["session"] / "result" / "report.md"
     store.close()
     if not path.exists():
-        raise UserError(f"job {job_id} ({job.state}) has no report yet", hint=f"bisector jobs; bisector logs {job_id}")
+        from bisector.daemon.store import FINISHED
+
+        raise UserError(f"job {job_id} ({job.state}) has no report" + ("" if job.state in FINISHED else " yet"),
+                        hint=f"bisector jobs; bisector logs {job_id}")
     sys.stdout.write(path.read_text(errors="replace"))
     return 0
 

@@ -61,7 +61,12 @@ def progress_text(progress: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def print_jobs(rows: list[dict[str, Any]]) -> None:
+INTERRUPTED = "interrupted (daemon not running)"  # a running job's state in the listing once its daemon died
+
+
+def print_jobs(rows: list[dict[str, Any]], daemon_running: bool = True) -> None:
+    """The jobs table. A job the store says is running while no daemon runs (killed with -9) is
+    shown as :data:`INTERRUPTED`; the next ``daemon start`` resumes it."""
     console = make_console(stderr=False)
     if not rows:
         console.print("no jobs")
@@ -71,8 +76,9 @@ def print_jobs(rows: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for r in rows:
         answer = answer_text(r["answer"]) or (r["reason"] or "" if r["state"] in ("failed", "cancelled") else "")
-        table.add_row(str(r["id"]), r["name"] or "", r["state"], _clock(r["elapsed_s"]) if r["elapsed_s"] else "",
-                      progress_text(r["progress"]), answer, shlex.join(r["command"]), style=_style(r["state"]))
+        state = INTERRUPTED if r["state"] == "running" and not daemon_running else r["state"]
+        table.add_row(str(r["id"]), r["name"] or "", state, _clock(r["elapsed_s"]) if r["elapsed_s"] else "",
+                      progress_text(r["progress"]), answer, shlex.join(r["command"]), style=_style(state))
     console.print(table)
 
 

@@ -145,6 +145,10 @@ def test_kill_9_mid_run_then_start_again_two_reduces_and_a_build_hunt_end_done_w
     store.close()
     daemon.kill()  # kill -9 mid-run
     assert workers and daemon.jobs()[ids[0]]["state"] == "running"  # as the dead daemon left it
+    daemon.env["COLUMNS"] = "400"
+    listing = daemon.run("jobs").stdout  # ... but the listing says the daemon is gone
+    del daemon.env["COLUMNS"]
+    assert "interrupted (daemon not running)" in listing and " running " not in listing, listing
     deadline = time.monotonic() + 5
     while any(_group_alive(g) for g in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -350,6 +354,8 @@ def test_a_job_whose_directory_is_gone_fails_and_the_next_one_runs(daemon, tmp_p
     jobs = daemon.wait(_done([first, second]))
     assert jobs[first]["state"] == "failed" and f"cannot start in {gone}" in jobs[first]["reason"]
     assert jobs[second]["state"] == "done"
+    nothing = daemon.run("report", str(first))  # it ended: its report will never come
+    assert nothing.returncode == 2 and "has no report" in one_error_line(nothing.stderr) and "yet" not in nothing.stderr
 
 
 def test_another_users_jobs_and_state_dir_are_out_of_reach(daemon, tmp_path):
