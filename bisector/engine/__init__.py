@@ -11,7 +11,9 @@ already holds verdicts: they are answered from the cache, with zero checks.
 
 The package: ``loop.py`` (the :class:`Engine`), ``outcome.py`` (what a run returns and raises:
 :class:`Outcome`, :class:`Stats`, :class:`EndpointError`; the :class:`Materializer` contract) and
-``records.py`` (what a check leaves behind: the events log line, the iteration clean-up).
+``records.py`` (what a check leaves behind: the events log line, the iteration clean-up),
+``executors.py`` (where a check runs: this process's threads, or a Ray task each) with
+``ray_task.py`` (what runs inside such a task).
 """
 
 from bisector.engine.loop import Engine

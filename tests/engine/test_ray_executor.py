@@ -188,3 +188,11 @@ def test_a_worker_killed_mid_check_gives_a_retry_not_a_verdict(ray, tmp_path):
     result = make_executor(None, spec, executor="ray").run(artifact(tmp_path, 1), "k")
     assert (tmp_path / "killed-once").exists()  # the first try died with its worker
     assert result.verdict is Verdict.BAD and result.exit_code == 1  # the verdict of the retry
+
+
+def test_without_ray_the_ray_executor_is_one_missing_dependency_line(monkeypatch):
+    from bisector.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    with pytest.raises(MissingDependency, match=r"`executor` ray needs Ray: pip install 'bisector\[ray\]'"):
+        make_executor(None, FAULTY.to_json(), executor="ray")
