@@ -61,6 +61,17 @@ def test_the_command_builder_refuses_a_command_that_cannot_build(tmp_path, cmd, 
         CommandBuilder(cmd, launch_dir=tmp_path).validate()
 
 
+def test_an_unknown_placeholder_or_a_missing_build_script_is_refused_up_front(tmp_path):
+    (tmp_path / "b.py").write_text("")
+    with pytest.raises(UserError, match=r"unknown placeholder\(s\) \{buld\}; known: \{model\}, \{engine\}"):
+        CommandBuilder(f"{sys.executable} b.py {{engine}} {{tactics}} --seed {{buld}}", launch_dir=tmp_path).validate()
+    with pytest.raises(UserError, match="the build script nope.py does not exist"):
+        CommandBuilder(f"{sys.executable} nope.py {{engine}} {{tactics}}", launch_dir=tmp_path).validate()
+    with pytest.raises(UserError, match="does not exist"):
+        CommandBuilder("python3 -u nope.py {engine} {tactics}", launch_dir=tmp_path).validate()
+    CommandBuilder(f"{sys.executable} b.py {{engine}} {{tactics}} --seed {{build}}", launch_dir=tmp_path).validate()
+
+
 def test_a_failing_build_is_one_user_error_with_its_last_line_and_its_log(tmp_path):
     p = paths(tmp_path)
     p.workdir.mkdir(parents=True)

@@ -103,6 +103,46 @@ def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(t
     assert timed.reason == "1s spent" and 1 <= timed.builds <= 4
 
 
+def crashing_builder(tmp_path: Path, crash: str) -> str:
+    """A build command that crashes (exit 139, a last log line) on the builds ``crash`` names
+    (a Python expression of ``b``), else runs the fixture builder."""
+    (tmp_path / "crashy.py").write_text(
+        "import os, sys\n"
+        "b = int(sys.argv[1])\n"
+        f"if {crash}:\n"
+        "    print(f'Segmentation fault in build {b}', flush=True)\n"
+        "    sys.exit(139)\n"
+        f"os.execv(sys.executable, [sys.executable, {str(BUILDER)!r}, *sys.argv[2:]])\n")
+    return build_cmd().replace(f"{BUILDER}", "crashy.py {build}")
+
+
+def test_a_crashed_build_is_a_skip_with_its_reason_and_the_hunt_goes_on(tmp_path, model):
+    done = bisector("build", str(model), "--build-cmd", crashing_builder(tmp_path, "b in (1, 2)"), "--until", "6",
+                    "--session", "s", "--json", "--check", *check_argv(model), cwd=tmp_path)
+    assert done.returncode in (0, 4), done.stderr
+    assert "Traceback" not in done.stderr and "Segmentation fault in build 1" in done.stderr
+    r = report(tmp_path / "s")["result"]
+    assert (r["builds"], r["skip"]) == (6, 2) and 1 not in r["bad_builds"] + r["good_builds"]
+    skips = [e for e in journal(tmp_path / "s") if e["verdict"] == "skip"]
+    assert [e["items"] for e in skips] == [[1], [2]]
+    assert all(e["evidence"]["cause"] == "build" and "failed (exit 139): Segmentation fault" in e["evidence"]["note"]
+               for e in skips)
+
+
+def test_a_builder_that_keeps_failing_ends_the_hunt_inconclusive_with_its_last_line(tmp_path, model):
+    from bisector.strategies.build import SKIPS_IN_A_ROW
+
+    done = bisector("build", str(model), "--build-cmd", crashing_builder(tmp_path, "b >= 2"), "--until", "good",
+                    "--session", "s", "-o", "out.json", "--check", *check_argv(model), cwd=tmp_path)
+    assert done.returncode == 4, done.stderr
+    assert "the builder keeps failing" in done.stderr and f"Segmentation fault in build {1 + SKIPS_IN_A_ROW}" \
+        in done.stderr.replace("\n", " ")
+    doc = report(tmp_path / "s")
+    assert doc["conclusive"] is False and (doc["result"]["builds"], doc["result"]["skip"]) == (2 + SKIPS_IN_A_ROW,
+                                                                                               SKIPS_IN_A_ROW)
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_confirm_forces_the_top_suspect_away_and_on_and_the_failure_follows_it(tmp_path, model):
     api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="6")),
             CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
@@ -184,3 +224,12 @@ def test_the_issue_s_unattended_hunt_of_150_builds_ranks_the_one_way_flaky_tacti
     assert done.returncode == 0, done.stderr
     suspects = json.loads((tmp_path / "s" / "result" / "suspects.json").read_text())
     assert (suspects[0]["layer"], suspects[0]["tactic"]) == (FLAKY, tactic_hash("MatMul", "gemm_split_k"))
+
+
+def test_an_unknown_placeholder_or_a_missing_script_is_refused_before_a_session(tmp_path, model):
+    for cmd, words in ((build_cmd() + " --note {buld}", "unknown placeholder(s) {buld}; known: {model}"),
+                       (f"{sys.executable} nope.py {{model}} {{engine}} {{tactics}}", "build script nope.py does not")):
+        done = bisector("build", str(model), "--build-cmd", cmd, "--session", "s", "--check", *check_argv(model),
+                        cwd=tmp_path)
+        assert done.returncode == 2 and words in one_error_line(done.stderr)
+        assert "--build-cmd" in done.stderr and not (tmp_path / "s").exists()

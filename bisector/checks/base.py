@@ -44,7 +44,8 @@ class CheckResult:
     duration_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # e.g. "timeout after 30 s", "killed by SIGSEGV"
-    cause: str = ""  # "timeout" or "crash" when the verdict comes from the check not finishing, not from its answer
+    cause: str = ""  # "timeout" or "crash" when the verdict comes from the check not finishing, not from its answer;
+    # "build" for a skip whose artifact could not be made (Artifact.skip)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,9 @@ class Artifact:
     Polygraphy-format inputs JSON for the candidate's graph inputs, when there is one.
     In-process checks may use ``model`` (an ``onnx.ModelProto``) and ``feeds`` (one
     ``{name: array}`` dict per input sample) directly instead of reading files.
+    A materializer that cannot make the artifact but wants the search to go on (one build of a
+    hunt failed) sets ``skip`` to the reason: the engine journals a SKIP with it as the note
+    (``cause="build"``) without running the check.
     """
 
     workdir: Path
@@ -92,6 +96,7 @@ class Artifact:
     weights_dir: Path | None = None  # what the model's external-data locations are relative to
     description: str = ""  # one line for people: "12 nodes: Conv_3 .. Relu_9"
     extra_env: dict[str, str] = field(default_factory=dict)  # per-worker, e.g. CUDA_VISIBLE_DEVICES
+    skip: str = ""  # why it could not be made (a build that failed): the engine journals a skip, no check
 
 
 class Check(ABC):

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -56,7 +57,7 @@ class LogLines:
         kind = e["event"]
         if kind == "verdict":
             spec = " (speculative)" if e.get("speculative") else ""
-            note = f" [{e['note']}]" if e.get("note") else ""
+            note = " " + escape(f"[{e['note']}]") if e.get("note") else ""  # a note is text, not markup
             self.console.print(f"iteration {e['iteration']}: {e['label']} -> [{VERDICT_STYLE[e['verdict']]}]"
                                f"{e['verdict']}[/] in {e['duration_s']:.2f} s{note}{spec}", highlight=False)
             if e.get("output"):

@@ -31,7 +31,7 @@ from typing import Any
 
 from bisector.checks.base import Artifact, Verdict
 from bisector.commands.base import Command, Plan, Report
-from bisector.commands.build_builders import BUILD_LOG, BUILDERS, BuildPaths, Builder, make_builder
+from bisector.commands.build_builders import BUILD_LOG, BUILDERS, BuildFailed, BuildPaths, Builder, make_builder
 from bisector.errors import UserError, one_of
 from bisector.model.fingerprint import items_fingerprint
 from bisector.strategies.base import Candidate
@@ -98,7 +98,11 @@ class BuildMaterializer:
         paths = BuildPaths(model=self.model, workdir=workdir, engine=workdir / self.artifact,
                            tactics=workdir / TACTICS_NAME, log=workdir / BUILD_LOG)
         start = time.monotonic()
-        self.builder.build(paths, build)
+        try:
+            self.builder.build(paths, build)
+        except BuildFailed as exc:  # one crashed build is a skip; the hunt goes on (BuildStrategy counts them)
+            return Artifact(workdir=workdir, path=paths.engine, iteration=iteration, description=candidate.label,
+                            skip=str(exc))
         seconds = time.monotonic() - start
         shutil.copyfile(paths.tactics, workdir / KEPT_TACTICS)
         (workdir / BUILD_META).write_text(json.dumps({"build": build, "seconds": round(seconds, 3)}))

@@ -18,6 +18,7 @@ them in one line before a session exists.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,6 +32,11 @@ BUILDERS = ("command", "tensorrt", "trtexec")
 BUILD_LOG = "build.log"
 TIMING_CACHE = "timing.cache"  # a TensorRT build's own timing cache, beside its engine
 PLACEHOLDERS = ("model", "engine", "artifact", "tactics", "log", "build", "workdir", "force")
+
+
+class BuildFailed(UserError):
+    """One build failed (the builder exited non-zero, ran past `build_timeout`, or wrote no engine
+    or tactics file). In a hunt the build is a skip with this message as its note; the hunt goes on."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,16 @@ class CommandBuilder(Builder):
         if not self.template.strip():
             raise UserError("the command builder needs `build_cmd`",
                             hint='e.g. "python build.py {model} {engine} {tactics}"')
-        argv = shlex.split(self.template)
+        try:
+            argv = shlex.split(self.template)
+        except ValueError as exc:
+            raise UserError(f"`build_cmd` cannot be split into words: {exc}") from None
         if shutil.which(argv[0]) is None and not (self.launch_dir / argv[0]).exists():
             raise UserError(f"`build_cmd`: {argv[0]!r} is not a program here")
+        unknown = sorted({m for m in re.findall(r"\{([^{}]*)\}", self.template) if m not in PLACEHOLDERS})
+        if unknown:
+            raise UserError(f"`build_cmd`: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                            f"known: {', '.join('{' + k + '}' for k in PLACEHOLDERS)}")
         text = self.template
         named = {"{engine}": "{engine}" in text or "{artifact}" in text, "{tactics}": "{tactics}" in text}
         missing = [p for p, there in named.items() if not there]
@@ -88,6 +101,12 @@ class CommandBuilder(Builder):
                             f"where to write the engine and the tactics file of each build")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise UserError(f"`build_timeout` must be a positive number of seconds, not {self.timeout_s}")
+        script = next((t for t in argv[1:] if not t.startswith("-")), None)
+        if re.fullmatch(r"python[\d.]*", Path(argv[0]).name):
+            if script is not None and script.endswith(".py") and "{" not in script \
+                    and not (Path(script) if Path(script).is_absolute() else self.launch_dir / script).is_file():
+                raise UserError(f"`build_cmd`: the build script {script} does not exist"
+                                + ("" if Path(script).is_absolute() else f" (in {self.launch_dir})"))
 
     def argv(self, paths: BuildPaths, build: int, force: Path | None = None) -> list[str]:
         values = {"model": str(paths.model), "engine": str(paths.engine), "artifact": str(paths.engine),
@@ -118,18 +137,18 @@ class CommandBuilder(Builder):
                 code = proc.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 kill_group(proc)
-                raise UserError(f"build {build} ran past `build_timeout` ({self.timeout_s:g} s); its log: {paths.log}")
+                raise BuildFailed(f"build {build} ran past `build_timeout` ({self.timeout_s:g} s); its log: {paths.log}")
             except BaseException:
                 kill_group(proc)
                 raise
             kill_group(proc)  # what it left running in its group
         if code != 0:
-            raise UserError(f"build {build} failed (exit {code}): {last_line(paths.log) or 'no output'}",
-                            hint=f"its log: {paths.log}")
+            raise BuildFailed(f"build {build} failed (exit {code}): {last_line(paths.log) or 'no output'}",
+                              hint=f"its log: {paths.log}")
         wanted = (("engine", paths.engine, "{engine}"), ("tactics file", paths.tactics, "{tactics}"))
         for what, path, placeholder in wanted:
             if not path.exists():
-                raise UserError(f"build {build} wrote no {what} ({path.name})",
+                raise BuildFailed(f"build {build} wrote no {what} ({path.name})",
                                 hint=f"`build_cmd` must write it where {placeholder} says")
 
 
@@ -189,9 +208,9 @@ class TrtexecBuilder(Builder):
                 code = subprocess.run(self.argv(paths), cwd=paths.workdir, stdout=log, stderr=subprocess.STDOUT,
                                       timeout=self.timeout_s, check=False).returncode
             except subprocess.TimeoutExpired:
-                raise UserError(f"build {build} ran past `build_timeout` ({self.timeout_s:g} s)") from None
+                raise BuildFailed(f"build {build} ran past `build_timeout` ({self.timeout_s:g} s)") from None
         if code != 0:
-            raise UserError(f"build {build}: trtexec failed (exit {code}): {last_line(paths.log)}",
+            raise BuildFailed(f"build {build}: trtexec failed (exit {code}): {last_line(paths.log)}",
                             hint=f"its log: {paths.log}")
         layers = parse_layer_information((paths.workdir / self.LAYERS).read_text())
         records = parse_autotune_log(paths.log.read_text(errors="replace"))

@@ -22,7 +22,7 @@ from typing import Any
 
 from bisector.checks.base import Artifact
 from bisector.commands.base import Command, Plan, Report
-from bisector.commands.build_builders import BUILD_LOG, BuildPaths
+from bisector.commands.build_builders import BUILD_LOG, BuildFailed, BuildPaths
 from bisector.errors import UserError
 from bisector.model.fingerprint import items_fingerprint
 from bisector.strategies.base import Candidate
@@ -132,7 +132,11 @@ class ConfirmMaterializer:
         workdir = Path(workdir)
         paths = BuildPaths(model=self.model, workdir=workdir, engine=workdir / self.artifact,
                            tactics=workdir / "tactics.json", log=workdir / BUILD_LOG)
-        self.builder.build(paths, build, force=self.forces[candidate.kind])
+        try:
+            self.builder.build(paths, build, force=self.forces[candidate.kind])
+        except BuildFailed as exc:  # a skip of its arm; the others go on
+            return Artifact(workdir=workdir, path=paths.engine, iteration=iteration, description=candidate.label,
+                            skip=str(exc))
         return Artifact(workdir=workdir, path=paths.engine, iteration=iteration, description=candidate.label)
 
 

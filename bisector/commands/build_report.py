@@ -67,6 +67,7 @@ def build_report(command, res: dict[str, Any], session, check, force_output: boo
     from bisector.build.ranking import rank, sure, verdict
     from bisector.commands.build import SUSPECTS_NAME, parse_until
     from bisector.commands.results import BuildResult
+    from bisector.strategies.build import BUILDER_FAILING
 
     builds, unread = read_builds(session, sorted(res["good_builds"] + res["bad_builds"]))
     suspects = [s.to_json() for s in rank(builds)] if builds else []
@@ -75,6 +76,8 @@ def build_report(command, res: dict[str, Any], session, check, force_output: boo
     result = BuildResult.of(res, suspects, words)
     target = parse_until(command.options.until).verdict
     conclusive, doubt = _conclusive(res, target)
+    if res["reason"].startswith(BUILDER_FAILING):
+        conclusive, doubt = False, f"{res['reason']}; the last: {_last_skip_note(session)}"
     if conclusive and res["bad"] and res["good"] and not sure(ranked, builds, command.options.confidence):
         conclusive, doubt = False, f"the top suspect is not sure: {words}"
     files = {"suspects_json": str(_write(session.result_dir / SUSPECTS_NAME, suspects))}
@@ -95,6 +98,14 @@ def build_report(command, res: dict[str, Any], session, check, force_output: boo
                   reproduce=tuple(check.argv) if check.kind == "command" else None, conclusive=conclusive,
                   doubt=doubt, show_failing_log=False,
                   not_written=() if conclusive or force_output or command.options.output is None else ("output",))
+
+
+def _last_skip_note(session) -> str:
+    """The note (the builder's last log line) of the last skipped build the journal holds."""
+    from bisector.commands.build import hunt_builds
+
+    skips = [(i, e) for i, (e, _) in hunt_builds(session).items() if e.verdict == Verdict.SKIP]
+    return (max(skips, key=lambda ie: ie[0])[1].evidence or {}).get("note", "") if skips else ""
 
 
 def _conclusive(res: dict[str, Any], target: Verdict | None) -> tuple[bool, str]:

@@ -274,6 +274,8 @@ class Engine:
                 self._started[fp] = (iteration, workdir)
             artifact = self.materializer.materialize(cand, workdir, iteration)
             artifact.session_dir = self.session.root
+            if artifact.skip:  # it could not be made (a failed build): a skip, no check
+                return iteration, CheckResult(Verdict.SKIP, note=artifact.skip, cause="build"), artifact
             if self.iter_info:
                 info = Path(workdir) / self.iter_info  # an absolute path stays as it is
                 info.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from bisector.checks.base import Verdict
 from bisector.strategies.base import Candidate, Search, Strategy
 
 Stop = Callable[[int], "str | None"]
+SKIPS_IN_A_ROW = 5  # this many builds skipped in a row (the builder crashed each time) end the hunt
+BUILDER_FAILING = "the builder keeps failing"  # the start of that stop's reason
 
 
 def build_candidate(i: int) -> Candidate:
@@ -57,8 +59,12 @@ class BuildStrategy(Strategy):
     def search(self) -> Search:
         verdicts: dict[int, Verdict] = {}
         i = 0
+        in_a_row = 0  # builds skipped in a row (a skip: the build crashed, the check did not run)
         reason = f"built {self.limit} time(s)"
         while self.limit is None or i < self.limit:
+            if in_a_row >= SKIPS_IN_A_ROW:
+                reason = f"{BUILDER_FAILING}: {in_a_row} builds in a row were skipped"
+                break
             why = self.stop(i) if self.stop is not None else None
             if why:
                 reason = why
@@ -66,12 +72,13 @@ class BuildStrategy(Strategy):
             self.progress.remaining = (self.limit - i) if self.limit else 1
             verdict = yield self.ask(build_candidate(i), self._next(i))
             verdicts[i] = verdict
+            in_a_row = in_a_row + 1 if verdict == Verdict.SKIP else 0
             i += 1
             if self.until is not None and verdict == self.until:
                 reason = f"build {i - 1} was {verdict.value}"
                 break
         self.progress.remaining = 0
-        return summary(verdicts, reason)
+        return {**summary(verdicts, reason), "skipped_in_a_row": in_a_row}
 
 
 def summary(verdicts: dict[int, Verdict], reason: str) -> dict[str, Any]:

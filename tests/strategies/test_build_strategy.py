@@ -91,3 +91,16 @@ def test_confirm_alternates_the_two_arms_and_counts_each():
     assert run.result == {"away": {"good": 3, "bad": 0, "skip": 0}, "on": {"good": 3, "bad": 0, "skip": 0}}
     with pytest.raises(ValueError):
         ConfirmStrategy(repeat=0)
+
+
+def test_skips_in_a_row_end_the_hunt_but_scattered_skips_do_not():
+    from bisector.strategies.build import BUILDER_FAILING, SKIPS_IN_A_ROW
+
+    scattered = drive(BuildStrategy(until=None, limit=40),
+                      lambda items: Verdict.SKIP if min(items) % SKIPS_IN_A_ROW == 0 else Verdict.GOOD)
+    assert scattered.result["builds"] == 40 and scattered.result["reason"] == "built 40 time(s)"
+    broken = drive(BuildStrategy(until=Verdict.BAD, limit=100),
+                   lambda items: Verdict.GOOD if min(items) < 3 else Verdict.SKIP)
+    r = broken.result
+    assert (r["builds"], r["skip"], r["good"]) == (3 + SKIPS_IN_A_ROW, SKIPS_IN_A_ROW, 3)
+    assert r["reason"].startswith(BUILDER_FAILING) and r["skipped_in_a_row"] == SKIPS_IN_A_ROW
