@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bisector.codec import decode, encode
-from bisector.errors import UserError
+from bisector.errors import UserError, one_of
 
 KINDS = ("command", "func", "script", "compare", "interactive")
 
@@ -138,8 +138,7 @@ class CheckSpec:
             raise UserError(f"unknown check kind {self.kind!r}")
         if self.repeat < 1:
             raise UserError("`repeat` must be at least 1")
-        if self.vote not in VOTES:
-            raise UserError(f"`vote` {self.vote!r}: choose {', '.join(VOTES)}")
+        one_of("`vote`", self.vote, VOTES)
         check = self._build_one()
         return RepeatCheck(check, repeat=self.repeat, vote=self.vote) if self.repeat > 1 else check
 

@@ -107,9 +107,8 @@ def compare_spec(c: CompareOptions) -> CompareSpec:
 
 
 def check_spec(chk: CheckOptions, cmp: CompareOptions) -> CheckSpec:
-    """The check the flags ask for: --check CMD, --check-func/--check-script, --compare, or a person."""
-    from bisector.checks.repeat import VOTES
-
+    """The check the flags ask for: --check CMD, --check-func/--check-script, --compare, or a person
+    (``CheckSpec.build`` refuses a bad --repeat or --vote)."""
     argv = chk.check_argv
     given = [name for name, on in (("--check", argv is not None), ("--check-func", chk.check_func),
                                    ("--check-script", chk.check_script), ("--compare", cmp.compare)) if on]
@@ -122,9 +121,6 @@ def check_spec(chk: CheckOptions, cmp: CompareOptions) -> CheckSpec:
                 kind = given[0] if given else "an interactive check"
                 raise UserError(f"{flag} sets the in-process comparison (--compare), which {kind} does not use",
                                 hint="put it in the check command instead, or check with --compare")
-    one_of("--vote", chk.vote, VOTES)
-    if chk.repeat < 1:
-        raise UserError("--repeat must be at least 1")
     common = {"repeat": chk.repeat, "vote": chk.vote, "on_crash": chk.on_crash}
     if argv is not None:
         spec = CheckSpec.command(argv, fail_codes=_tuple(chk.fail_code), ignore_fail_codes=_tuple(chk.ignore_fail_code),
