@@ -100,11 +100,15 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
     if options.session is not None and Path(options.session).is_dir():
         kill_leftovers(Path(options.session).absolute())  # before anything else holds a GPU
     spec = {"command": command.to_json(), "check": check.to_json(), "run": encode(options)}
-    session = Session.open(options.session, command=argv or ["bisector", command.name], strategy=command.name,
-                           params=command.params() | {"check": check.to_json(),
-                                                      "check_files": check.file_fingerprints(command.per_iteration)},
-                           model=_model_meta(command),
-                           spec=spec)
+    try:
+        session = Session.open(options.session, command=argv or ["bisector", command.name], strategy=command.name,
+                               params=command.params() | {"check": check.to_json(), "check_files":
+                                                          check.file_fingerprints(command.per_iteration)},
+                               model=_model_meta(command), spec=spec)
+    except BaseException:  # refused (in use, another session): the caller's umask comes back all the same
+        if umask is not None:
+            os.umask(umask)
+        raise
     emit = _emitter(listeners)
     try:
         emit("session", root=str(session.root), resumed=session.resumed, known=len(session.journal),
