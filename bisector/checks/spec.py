@@ -119,13 +119,6 @@ class CheckSpec:
             changes["script"] = os.path.abspath(self.script)
         return replace(self, **changes) if changes else self
 
-    def without_target_precision(self) -> "CheckSpec":
-        """The same check with an in-process comparison that runs candidates as they are (precision
-        realizes its candidates itself)."""
-        if self.compare is None:
-            return self
-        return replace(self, compare=replace(self.compare, precision=None, keep=(), realize=None))
-
     @property
     def interactive(self) -> bool:
         return self.kind == "interactive"

@@ -42,7 +42,6 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "trtexec": "--trtexec", "iter_artifact": "--iter-artifact", "hunt": "HUNT", "layer": "--layer",
          "tactic": "--tactic", "confidence": "--confidence",
          "executor": "--executor", "ray_address": "--ray-address", "gpus_per_check": "--gpus-per-check"}
-OUTPUT_FLAGS = {f: FLAGS[f] for f in ("output", "min_good", "save_inputs")}
 
 
 def render_fields(text: str | None) -> str | None:
@@ -55,12 +54,13 @@ def render_fields(text: str | None) -> str | None:
 
 
 def moved_outputs(before, after) -> list[str]:
-    """``--output: NEW (the original command wrote OLD)`` for each output path that changed."""
+    """``--output: NEW (the original command wrote OLD)`` for each of the command's output fields
+    (``OUTPUT_FIELDS``) whose path changed."""
     out = []
-    for f, flag in OUTPUT_FLAGS.items():
+    for f in after.OUTPUT_FIELDS:
         old, new = getattr(before.options, f, None), getattr(after.options, f, None)
         if new is not None and old != new:
-            out.append(f"{flag}: {new}" + (f" (the original command wrote {old})" if old else ""))
+            out.append(f"{FLAGS.get(f, f)}: {new}" + (f" (the original command wrote {old})" if old else ""))
     return out
 
 
