@@ -45,7 +45,8 @@ class RunOptions:
     whether to keep each artifact, whether an inconclusive answer is written all the same
     (``force_output``) and a Polygraphy debug replay to import. ``executor``: ``local`` (threads
     here) or ``ray`` (each check a Ray task on the cluster at ``ray_address``, with
-    ``gpus_per_check`` GPUs; see :mod:`bisector.engine.executors`)."""
+    ``gpus_per_check`` GPUs, its files by path or through the object store as ``ray_files`` says;
+    see :mod:`bisector.engine.executors`)."""
 
     session: Path | None = None
     jobs: int = 1
@@ -59,6 +60,7 @@ class RunOptions:
     executor: str = "local"
     ray_address: str | None = None
     gpus_per_check: float = 0
+    ray_files: str = "auto"
 
     def validate(self) -> None:
         if self.jobs < 1:
@@ -68,8 +70,8 @@ class RunOptions:
                             f"share one file", hint="give a relative name: it is written in each iteration directory")
         if self.executor not in EXECUTORS:
             raise UserError(f"`executor` {self.executor!r}: choose {', '.join(EXECUTORS)}")
-        if self.executor != "ray" and (self.ray_address or self.gpus_per_check):
-            raise UserError("`ray_address` and `gpus_per_check` go with `executor` ray")
+        if self.executor != "ray" and (self.ray_address or self.gpus_per_check or self.ray_files != "auto"):
+            raise UserError("`ray_address`, `gpus_per_check` and `ray_files` go with `executor` ray")
 
 
 @dataclass
@@ -120,7 +122,9 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
             notes.append(_import_replay(session, plan, options.load_debug_replay))
         executor = make_executor(check_obj, check.to_json() if built is None else None, executor=options.executor,
                                  address=options.ray_address, gpus_per_check=options.gpus_per_check,
-                                 session_dir=session.root)
+                                 session_dir=session.root, files=options.ray_files)
+        if executor.describe():
+            emit("plan", intro=[], notes=[executor.describe()])
         engine = Engine(plan.strategy, plan.materializer, check_obj, session, jobs=options.jobs, executor=executor,
                         devices=list(options.devices) or None,
                         artifacts=[*options.artifacts, *(a for a in plan.artifacts if a not in options.artifacts)],

@@ -7,7 +7,8 @@ be one. :func:`start_guard` starts a small Python (``LAUNCH``) that forks and
 leaves its parent at once (the guard is re-parented away from the worker: not to it, since the
 worker's subreaper flag is off meanwhile). The guard holds the read end of a pipe whose write end
 only the worker has. At EOF without ``done`` the worker is dead: the guard ends the group recorded
-in ``WORKDIR/check.pgid`` (SIGTERM, then SIGKILL). Linux only; elsewhere no guard is started.
+in ``WORKDIR/check.pgid`` (SIGTERM, then SIGKILL), and removes the directory ``remove`` names (a
+task's copy of shipped files). Linux only; elsewhere no guard is started.
 
 Example::
 
@@ -31,7 +32,7 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisecto
 # The guard's parent leaves at once (before any import: the worker waits only for that), so the
 # guard is nobody's direct child in the worker; the guard then waits for the worker's word.
 LAUNCH = ("import os, sys\nif os.fork() > 0:\n    os._exit(0)\nsys.path.insert(0, sys.argv[2])\n"
-          "from bisector.checks.guard import main\nmain(sys.argv[1])\n")
+          "from bisector.checks.guard import main\nmain(sys.argv[1], *sys.argv[3:])\n")
 
 
 def _subreaper(on: bool) -> None:
@@ -42,14 +43,16 @@ def _subreaper(on: bool) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
-def start_guard(workdir: Path) -> Callable[[], None]:
-    """Start the guard of the check about to run in ``workdir``; return the call that dismisses it."""
+def start_guard(workdir: Path, remove: Path | None = None) -> Callable[[], None]:
+    """Start the guard of the check about to run in ``workdir``; return the call that dismisses it.
+    ``remove``: a directory the guard deletes if the worker dies (the caller's to delete otherwise)."""
     if not sys.platform.startswith("linux"):
         return lambda: None
     read_end, write_end = os.pipe()
     _subreaper(False)  # the guard's parent exits at once: its orphan must not come back to us
     try:
-        subprocess.run([sys.executable, "-S", "-c", LAUNCH, str(workdir), PACKAGE_ROOT], stdin=read_end,
+        extra = [str(remove)] if remove is not None else []
+        subprocess.run([sys.executable, "-S", "-c", LAUNCH, str(workdir), PACKAGE_ROOT, *extra], stdin=read_end,
                        start_new_session=True, check=False, timeout=60)
     finally:
         os.close(read_end)
@@ -64,8 +67,9 @@ def start_guard(workdir: Path) -> Callable[[], None]:
     return dismiss
 
 
-def guard(workdir: Path) -> None:
-    """Wait for the worker's word on stdin; with none (it was killed), end the check's group."""
+def guard(workdir: Path, remove: Path | None = None) -> None:
+    """Wait for the worker's word on stdin; with none (it was killed), end the check's group and
+    delete ``remove``."""
     word = sys.stdin.buffer.read()
     if word == DONE:
         return
@@ -75,11 +79,15 @@ def guard(workdir: Path) -> None:
     if record is not None:
         _end(sum(_members([record]), []))
         remove_record(workdir)
+    if remove is not None:
+        import shutil
+
+        shutil.rmtree(remove, ignore_errors=True)
 
 
-def main(workdir: str) -> None:
+def main(workdir: str, remove: str | None = None) -> None:
     """The guard process (see ``LAUNCH``)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    guard(Path(workdir))
+    guard(Path(workdir), Path(remove) if remove else None)

@@ -41,7 +41,8 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "max_builds": "--max-builds", "keep_engines": "--keep-engines", "build_timeout": "--build-timeout",
          "trtexec": "--trtexec", "iter_artifact": "--iter-artifact", "hunt": "HUNT", "layer": "--layer",
          "tactic": "--tactic", "confidence": "--confidence",
-         "executor": "--executor", "ray_address": "--ray-address", "gpus_per_check": "--gpus-per-check"}
+         "executor": "--executor", "ray_address": "--ray-address", "gpus_per_check": "--gpus-per-check",
+         "ray_files": "--ray-files"}
 
 
 def render_fields(text: str | None) -> str | None:
@@ -191,7 +192,8 @@ def run_options(s: SessionOptions) -> RunOptions:
                       artifacts=tuple(s.artifacts or ()), art_dir=s.art_dir.absolute() if s.art_dir else None,
                       iter_info=s.iter_info, keep_intermediate=s.no_remove_intermediate, force_output=s.force_output,
                       load_debug_replay=s.load_debug_replay.absolute() if s.load_debug_replay else None,
-                      executor=s.executor, ray_address=s.ray_address, gpus_per_check=s.gpus_per_check)
+                      executor=s.executor, ray_address=s.ray_address, gpus_per_check=s.gpus_per_check,
+                      ray_files=s.ray_files)
     opts.validate()
     return opts
 

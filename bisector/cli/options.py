@@ -226,10 +226,14 @@ class SessionOptions:
         rich_help_panel="Session")] = None
     executor: Annotated[str, typer.Option(
         "--executor", help="Where checks run: local (threads here) or ray (a Ray task each; pip install "
-        "'bisector[ray]'; the session directory on a shared filesystem)", rich_help_panel="Session")] = "local"
+        "'bisector[ray]')", rich_help_panel="Session")] = "local"
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="The Ray cluster (ray start --head prints it; default: a local one)",
         rich_help_panel="Session")] = None
     gpus_per_check: Annotated[float, typer.Option(
         "--gpus-per-check", help="GPUs Ray gives each check (it sets CUDA_VISIBLE_DEVICES)",
         rich_help_panel="Session")] = 0
+    ray_files: Annotated[str, typer.Option(
+        "--ray-files", help="How a check's files reach its Ray node: shared (the session directory on NFS or "
+        "Lustre), ship (through Ray's object store, up to 512 MiB each way) or auto (shared where every node "
+        "sees the session directory)", rich_help_panel="Session")] = "auto"

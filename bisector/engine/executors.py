@@ -4,11 +4,16 @@
   as it always has; cancel and terminate go to the check itself.
 - :class:`RayExecutor` (``ray``): each check is a Ray task (``num_cpus=1``, ``num_gpus`` =
   ``gpus_per_check``) that rebuilds the check from its :class:`~bisector.checks.spec.CheckSpec` JSON
-  (the spec is data; the Check object never travels) and runs it on the artifact by path: the
-  session directory must be on a filesystem every node sees (NFS, Lustre). Ray sets
-  ``CUDA_VISIBLE_DEVICES`` for the task. A speculative loser is stopped with
-  ``ray.cancel(ref, force=True)``; the task's guard (:mod:`bisector.engine.ray_task`) then kills
-  the check's process group, which the worker's death alone would leave running.
+  (the spec is data; the Check object never travels) and runs it on the artifact. ``files``: how
+  the artifact reaches the task. ``shared``: by path, the session directory is on a filesystem
+  every node sees (NFS, Lustre); ``ship``: the iteration directory's files go through Ray's object
+  store and the files the check makes come back (``ray_task.pack``, at most
+  ``ray_task.SHIP_LIMIT_BYTES`` each way); ``auto`` (default): ``shared`` when every node that can
+  run a check sees the session directory, else ``ship``. Ray sets ``CUDA_VISIBLE_DEVICES`` for the
+  task. A speculative loser is stopped with ``ray.cancel(ref, force=True)``; the task's guard
+  (:mod:`bisector.engine.ray_task`) then kills the check's process group, which the worker's death
+  alone would leave running. A task lost with its worker or node is retried (``MAX_RETRIES``);
+  lost every time, the session stops (``SessionAborted``: nothing journaled, resume tries again).
 
 The engine still accepts results in the strategy's order, so ``-j N`` on either gives the answer
 of ``-j 1``. Ray is imported only by :class:`RayExecutor`.
@@ -23,10 +28,13 @@ from typing import Any
 
 from bisector.checks.base import Artifact, Check, CheckResult
 from bisector.engine import ray_task
-from bisector.errors import MissingDependency, SessionAborted, UserError
+from bisector.errors import MissingDependency, SessionAborted, UserError, one_of
 
 EXECUTORS = ("local", "ray")
 RAY_KINDS = ("command", "func", "script")  # checks that need only the artifact's files
+RAY_FILES = ("auto", "shared", "ship")
+MAX_RETRIES = 3  # tries after the first of a task lost with its worker or node
+PROBE_TIMEOUT_S = 120  # for every node to say whether it sees the session directory
 
 
 class Executor(ABC):
@@ -46,6 +54,10 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         """The session is over: release what the executor holds."""
+
+    def describe(self) -> str | None:
+        """One line for people on where the checks run, or None for here."""
+        return None
 
 
 class LocalExecutor(Executor):
@@ -76,19 +88,24 @@ def import_ray():
 
 class RayExecutor(Executor):
     """Checks as Ray tasks. ``spec``: the check's ``CheckSpec.to_json()``; ``address``: the
-    cluster (None: a local one is started, or the one ``RAY_ADDRESS`` names); ``session_dir``: must
-    be visible where the tasks run."""
+    cluster (None: a local one is started, or the one ``RAY_ADDRESS`` names); ``files``: how
+    artifacts reach the tasks (``RAY_FILES``, see the module docstring); ``session_dir``: where
+    they are."""
 
     cancellable = True
 
     def __init__(self, spec: dict[str, Any], *, address: str | None = None, gpus_per_check: float = 0,
-                 session_dir: Path | None = None):
+                 session_dir: Path | None = None, files: str = "auto",
+                 ship_limit: int = ray_task.SHIP_LIMIT_BYTES):
         if spec.get("kind") not in RAY_KINDS:
             raise UserError(f"`executor` ray runs {', '.join(RAY_KINDS)} checks, not a {spec.get('kind')} check")
         if gpus_per_check < 0:
             raise UserError(f"`gpus_per_check` must be at least 0, not {gpus_per_check}")
+        one_of("`ray_files`", files, RAY_FILES)
         self.ray = import_ray()
         self.spec = spec
+        self.gpus_per_check = gpus_per_check
+        self.ship_limit = ship_limit
         self._refs: dict[str, Any] = {}
         self._cancelled: set[str] = set()
         self._terminated = False
@@ -99,40 +116,81 @@ class RayExecutor(Executor):
                           ignore_reinit_error=True)
             self._started_ray = True
         self._task = self.ray.remote(ray_task.run_check).options(num_cpus=1, num_gpus=gpus_per_check,
-                                                                 max_retries=3)
-        if address and session_dir is not None:
-            try:
-                self._check_visible(Path(session_dir))
-            except BaseException:
-                self.shutdown()
-                raise
+                                                                 max_retries=MAX_RETRIES)
+        try:
+            self.ship = self._ship(files, session_dir)
+        except BaseException:
+            self.shutdown()
+            raise
 
-    def _check_visible(self, session_dir: Path) -> None:
-        """A cluster's node that does not see the session directory could not run one check."""
-        ref = self.ray.remote(ray_task.sees).options(num_cpus=1).remote(str(session_dir))
-        if not self.ray.get(ref):
-            raise UserError(f"`ray_address`: the session directory {session_dir} is not visible on the cluster's "
-                            f"nodes; put it on a shared filesystem (NFS, Lustre) with --session")
+    def _ship(self, files: str, session_dir: Path | None) -> bool:
+        """Whether artifacts go through the object store: ``files``, or for ``auto`` whether a
+        node that can run a check does not see ``session_dir``."""
+        if files == "ship" or session_dir is None:
+            return files == "ship"
+        blind = self._blind_nodes(Path(session_dir))
+        if blind and files == "shared":
+            raise UserError(f"`ray_files` shared: the session directory {session_dir} is not visible on "
+                            f"{len(blind)} of the cluster's nodes ({', '.join(blind[:3])}); put it on a filesystem "
+                            f"every node sees (NFS, Lustre) with --session, or let the files travel with --ray-files ship")
+        return bool(blind)
+
+    def _blind_nodes(self, session_dir: Path) -> list[str]:
+        """The addresses of the nodes that could run a check but do not see ``session_dir``."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in self.ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1
+                 and n["Resources"].get("GPU", 0) >= self.gpus_per_check]
+        if not nodes:
+            raise UserError(f"`ray_address`: no node of the Ray cluster has a CPU and {self.gpus_per_check:g} GPUs "
+                            f"for a check")
+        probe = self.ray.remote(ray_task.sees)
+        refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(session_dir)) for n in nodes]
+        try:
+            seen = self.ray.get(refs, timeout=PROBE_TIMEOUT_S)
+        except self.ray.exceptions.GetTimeoutError:
+            raise UserError(f"`ray_address`: the cluster's nodes did not answer within {PROBE_TIMEOUT_S} s") from None
+        return [n.get("NodeManagerAddress", n["NodeID"]) for n, ok in zip(nodes, seen) if not ok]
+
+    def describe(self) -> str:
+        resources = self.ray.cluster_resources()
+        how = ("the iteration files travel through Ray's object store (a node does not see the session directory)"
+               if self.ship else "the iteration files are read where they are (every node sees the session directory)")
+        return (f"checks run on a Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, "
+                f"{resources.get('GPU', 0):g} GPUs; {how}")
 
     def run(self, artifact: Artifact, key: str) -> CheckResult:
+        shipped = ray_task.pack(artifact, self.ship_limit) if self.ship else None
         with self._lock:
             if self._terminated or key in self._cancelled:
                 self._cancelled.discard(key)
                 raise SessionAborted("the check was cancelled before it started")
-            ref = self._task.remote(self.spec, ray_task.artifact_json(artifact))
+            ref = self._task.remote(self.spec, ray_task.artifact_json(artifact), shipped, self.ship_limit)
             self._refs[key] = ref
         try:
-            return CheckResult.from_json(self.ray.get(ref))
-        except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.WorkerCrashedError):
+            doc = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # the task raised: one line for a user's error
+            if isinstance(exc.cause, (UserError, SessionAborted)):
+                raise exc.cause from None
+            raise
+        except self.ray.exceptions.RayError as exc:  # cancelled, or lost with its worker or node every try
             with self._lock:
                 stopped = self._terminated or key in self._cancelled
             if stopped:
                 raise SessionAborted(f"the check was cancelled (iteration {artifact.iteration})") from None
-            raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SessionAborted(f"iteration {artifact.iteration}'s check was lost on the Ray cluster "
+                                 f"{MAX_RETRIES + 1} times ({type(exc).__name__}: {first}); nothing was journaled "
+                                 f"for it, and a resume runs it again") from None
         finally:
             with self._lock:
                 self._refs.pop(key, None)
                 self._cancelled.discard(key)
+        files = doc.pop("files", None)
+        if files:
+            ray_task.unpack(artifact, files)
+        return CheckResult.from_json(doc)
 
     def cancel(self, key: str | None = None, workdir: Path | None = None) -> None:
         with self._lock:
@@ -154,7 +212,7 @@ class RayExecutor(Executor):
 
 def make_executor(check: Check, spec: dict[str, Any] | None, *, executor: str = "local",
                   address: str | None = None, gpus_per_check: float = 0,
-                  session_dir: Path | None = None) -> Executor:
+                  session_dir: Path | None = None, files: str = "auto") -> Executor:
     """The executor named by ``executor`` (``RunOptions.executor``)."""
     if executor == "local":
         return LocalExecutor(check)
@@ -162,4 +220,4 @@ def make_executor(check: Check, spec: dict[str, Any] | None, *, executor: str = 
         raise UserError(f"`executor` {executor!r}: choose {', '.join(EXECUTORS)}")
     if spec is None:
         raise UserError("`executor` ray needs the check as data (a CheckSpec), not a Check object")
-    return RayExecutor(spec, address=address, gpus_per_check=gpus_per_check, session_dir=session_dir)
+    return RayExecutor(spec, address=address, gpus_per_check=gpus_per_check, session_dir=session_dir, files=files)

@@ -152,9 +152,95 @@ def _raised(fn, *args):
 
 
 @pytest.mark.ray
-def test_a_cluster_that_cannot_see_the_session_directory_is_told_in_one_line(ray, tmp_path):
-    with pytest.raises(UserError, match="`ray_address`: the session directory .* is not visible"):
-        RayExecutor(FAULTY.to_json(), address="auto", session_dir=tmp_path / "elsewhere")
+def test_where_every_node_sees_the_session_files_go_by_path_else_through_the_object_store(ray, tmp_path):
+    assert not RayExecutor(FAULTY.to_json(), session_dir=tmp_path).ship
+    assert RayExecutor(FAULTY.to_json(), session_dir=tmp_path / "elsewhere").ship  # auto: no node sees it
+    with pytest.raises(UserError, match="`ray_files` shared: the session directory .* is not visible on 1 of"):
+        RayExecutor(FAULTY.to_json(), files="shared", session_dir=tmp_path / "elsewhere")
+
+
+@pytest.mark.ray
+def test_a_reduce_with_shipped_files_gives_the_answer_of_local_j1_and_its_logs_come_back(ray, tmp_path):
+    where = "import os; print('ran in', os.getcwd())"
+    check = CheckSpec.command([sys.executable, "-c", f"{where}; import runpy, sys; sys.argv = sys.argv[1:]; "
+                               "runpy.run_path(sys.argv[0], run_name='__main__')", *FAULTY.argv[1:]])
+    runs = {}
+    for name, options in (("local", {}), ("ray", {"executor": "ray", "jobs": 2, "ray_files": "ship"})):
+        command = ReduceCommand(ReduceOptions(model=fixture_path("chain"), output=tmp_path / f"{name}.onnx"))
+        runs[name] = api.run(command, check, api.RunOptions(session=tmp_path / name, keep_intermediate=True,
+                                                             **options))
+    assert runs["ray"].exit_code == runs["local"].exit_code == 0
+    assert runs["ray"].report.result.node_names == runs["local"].report.result.node_names == ("relu4",)
+    verdicts = {name: {e.fingerprint: e.verdict for e in run.outcome.iterations} for name, run in runs.items()}
+    assert all(verdicts["ray"][fp] == v for fp, v in verdicts["local"].items())
+    logs = sorted((tmp_path / "ray" / "iterations").glob("*/check.log"))
+    assert logs and all("ran in" in log.read_text() for log in logs)
+    ran_in = {Path(log.read_text().split("ran in ", 1)[1].split()[0]) for log in logs}
+    assert all("bisector-ray-" in str(d) and tmp_path not in d.parents and not d.exists() for d in ran_in)
+
+
+@pytest.mark.ray
+def test_files_over_the_object_store_share_are_refused_in_one_line_naming_the_remedy(ray, tmp_path):
+    art = artifact(tmp_path, 1)
+    art.path.write_bytes(b"x" * 4096)
+    executor = RayExecutor(CheckSpec.command(["true"]).to_json(), files="ship", session_dir=tmp_path,
+                           ship_limit=1024)
+    with pytest.raises(UserError, match=r"iteration 1's files are 0 MiB, over the 0 MiB .* filesystem every node sees"):
+        executor.run(art, "k")
+
+
+@pytest.mark.ray
+def test_what_a_shipped_check_makes_comes_back_and_what_is_too_large_is_named(ray, tmp_path):
+    make = "import sys; open('small.txt', 'w').write('s'); open('big.bin', 'wb').write(b'b' * 100000); print('hi')"
+    executor = RayExecutor(CheckSpec.command([sys.executable, "-c", make]).to_json(), files="ship",
+                           session_dir=tmp_path, ship_limit=50000)
+    art = artifact(tmp_path, 1)
+    art.path.write_bytes(b"model")
+    assert executor.run(art, "k").verdict is Verdict.GOOD
+    assert (art.workdir / "small.txt").read_text() == "s" and "hi" in (art.workdir / "check.log").read_text()
+    assert not (art.workdir / "big.bin").exists()
+    assert "big.bin" in (art.workdir / ray_task.LEFT_OUT_NAME).read_text()
+    assert art.path.read_bytes() == b"model"
+
+
+@pytest.mark.ray
+def test_cancel_of_a_shipped_check_kills_its_tree_and_removes_its_copy(ray, tmp_path):
+    tree = TREE.replace("open('grandchild.pid', 'w')", f"open({str(tmp_path / 'grandchild.pid')!r}, 'w')")
+    tree = f"import os; open({str(tmp_path / 'cwd')!r}, 'w').write(os.getcwd()); " + tree
+    executor = RayExecutor(CheckSpec.command([sys.executable, "-c", tree]).to_json(), files="ship",
+                           session_dir=tmp_path)
+    art = artifact(tmp_path, 1)
+    errors = []
+    runner = threading.Thread(target=lambda: errors.append(_raised(executor.run, art, "k")))
+    runner.start()
+    pid_file = tmp_path / "grandchild.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild, copy = int(pid_file.read_text()), Path((tmp_path / "cwd").read_text())
+    executor.cancel("k")
+    runner.join(30)
+    assert isinstance(errors[0], SessionAborted)
+    deadline = time.monotonic() + 10
+    while (not dead(grandchild) or copy.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dead(grandchild) and not copy.exists()
+
+
+@pytest.mark.ray
+def test_a_users_error_on_the_node_is_one_line_not_rays_traceback(ray, tmp_path):
+    executor = make_executor(None, CheckSpec.command([str(tmp_path / "gone.sh")]).to_json(), executor="ray")
+    with pytest.raises(UserError) as err:
+        executor.run(artifact(tmp_path, 1), "k")
+    assert str(err.value).startswith("check command") and "\n" not in str(err.value)
+
+
+@pytest.mark.ray
+def test_a_check_lost_with_its_worker_every_try_stops_the_session_without_a_verdict(ray, tmp_path):
+    kill = "import os, signal; os.kill(os.getppid(), signal.SIGKILL)"
+    executor = make_executor(None, CheckSpec.command([sys.executable, "-c", kill]).to_json(), executor="ray")
+    with pytest.raises(SessionAborted, match=r"iteration 1's check was lost on the Ray cluster 4 times"):
+        executor.run(artifact(tmp_path, 1), "k")
 
 
 @pytest.mark.ray
@@ -177,7 +263,7 @@ def test_ray_flags_without_the_ray_executor_are_named_as_flags(tmp_path):
     shutil.copy(fixture_path("chain"), tmp_path / "m.onnx")
     proc = bisector("reduce", "m.onnx", "-o", "red.onnx", "--gpus-per-check", "1", "--check", *FAULTY.argv,
                     cwd=tmp_path)
-    assert proc.returncode != 0 and "--ray-address and --gpus-per-check go with --executor ray" in proc.stderr
+    assert proc.returncode != 0 and "--ray-address, --gpus-per-check and --ray-files go with --executor ray" in proc.stderr
 
 
 @pytest.mark.ray
