@@ -16,3 +16,14 @@ def chain_model(tmp_path) -> Path:
     path = tmp_path / "m.onnx"
     onnx.save(make_chain(), str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def ray():
+    """A real local Ray cluster for the whole run (2 CPUs, 2 logical GPUs): the ``ray`` module."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
+    with pytest.MonkeyPatch.context() as patch:  # no token in ~/.ray that another cluster may rewrite
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()

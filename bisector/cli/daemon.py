@@ -16,13 +16,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from bisector.errors import UserError
+from bisector.errors import UserError, one_of
 
 JOB_COMMANDS = ("reduce", "precision", "repeat", "build")
 START_WAIT_S = 15.0
 CANCEL_GRACE_S = 5.0
 GPUS_HELP = "GPUs to hand out, e.g. 0,1,2,3: a job gets the ones it asks for, through CUDA_VISIBLE_DEVICES"
 SLOTS_HELP = "Jobs at once on a machine without GPUs (ignored with --gpus)"
+EXECUTOR_HELP = "Where each job's checks run: local (here) or ray (the Ray cluster at --ray-address; the queue stays here)"
+RAY_ADDRESS_HELP = "The Ray cluster for --executor ray (ray start --head prints it)"
 NOTIFY_HELP = "A command run when a job ends, with a JSON summary of the job on stdin (split like a shell, not run by one)"
 
 daemon_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -44,15 +46,34 @@ def _store():
     return home, Store(home)
 
 
-def _config(gpus: Optional[str], slots: int, notify_cmd: Optional[str]):
+def _config(gpus: Optional[str], slots: int, notify_cmd: Optional[str], executor: str = "local",
+            ray_address: Optional[str] = None):
     from bisector.daemon.service import Config
+    from bisector.engine.executors import EXECUTORS, import_ray
 
     if slots < 1:
         raise UserError(f"--slots must be at least 1, not {slots}")
     ids = tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else ()
     if gpus is not None and (not ids or len(set(ids)) != len(ids)):
         raise UserError(f"--gpus {gpus!r}: give distinct GPU ids separated by commas, e.g. 0,1")
-    return Config(gpus=ids, slots=slots, notify_cmd=notify_cmd)
+    one_of("--executor", executor, EXECUTORS)
+    if executor != "ray" and ray_address:
+        raise UserError("--ray-address goes with --executor ray")
+    if executor == "ray":
+        if ids:
+            raise UserError("--gpus hands out this machine's GPUs; with --executor ray the cluster's GPUs go to "
+                            "the checks", hint="give each job --gpus-per-check N")
+        import_ray()  # one line now if Ray is not installed, not a failure in every job
+    return Config(gpus=ids, slots=slots, notify_cmd=notify_cmd, executor=executor, ray_address=ray_address)
+
+
+def _reach(config) -> None:
+    """A one-line error unless the daemon's Ray cluster answers. Without an address each job finds
+    its cluster as Ray does (``RAY_ADDRESS``, one running here, or its own)."""
+    from bisector.engine.executors import reach
+
+    if config.executor == "ray":
+        reach(config.ray_address)
 
 
 @daemon_app.command("run")
@@ -60,6 +81,8 @@ def daemon_run(
     gpus: Annotated[Optional[str], typer.Option("--gpus", help=GPUS_HELP)] = None,
     slots: Annotated[int, typer.Option("--slots", help=SLOTS_HELP)] = 1,
     notify_cmd: Annotated[Optional[str], typer.Option("--notify-cmd", help=NOTIFY_HELP)] = None,
+    executor: Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)] = None,
 ):
     """Run the daemon in the foreground (for systemd); Ctrl-C or SIGTERM stops it, and its running
     jobs resume at its next start."""
@@ -67,7 +90,8 @@ def daemon_run(
 
     from bisector.daemon.service import Daemon
 
-    config = _config(gpus, slots, notify_cmd)
+    config = _config(gpus, slots, notify_cmd, executor, ray_address)
+    _reach(config)
     home, store = _store()
     store.close()
     handler = logging.StreamHandler(sys.stderr)
@@ -84,12 +108,14 @@ def daemon_start(
     gpus: Annotated[Optional[str], typer.Option("--gpus", help=GPUS_HELP)] = None,
     slots: Annotated[int, typer.Option("--slots", help=SLOTS_HELP)] = 1,
     notify_cmd: Annotated[Optional[str], typer.Option("--notify-cmd", help=NOTIFY_HELP)] = None,
+    executor: Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)] = None,
 ):
     """Start the daemon in the background (its log: daemon.log in the state directory). Jobs that a
     killed daemon left running resume from their journals."""
     from bisector.daemon.service import lock_holder
 
-    _config(gpus, slots, notify_cmd)
+    _reach(_config(gpus, slots, notify_cmd, executor, ray_address))
     home, store = _store()
     store.close()
     if lock_holder(home):
@@ -97,6 +123,7 @@ def daemon_start(
     argv = [sys.executable, "-m", "bisector", "daemon", "run", "--slots", str(slots)]
     argv += ["--gpus", gpus] if gpus else []
     argv += ["--notify-cmd", notify_cmd] if notify_cmd else []
+    argv += ["--executor", executor] + (["--ray-address", ray_address] if ray_address else [])
     log_path = home / "daemon.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -147,7 +174,8 @@ def daemon_status(ctx: typer.Context,
     except (OSError, ValueError):
         info = {}
     doc = {"running": bool(pid), "pid": pid, "state_dir": str(home), "gpus": info.get("gpus", []),
-           "slots": len(info["gpus"]) if info.get("gpus") else info.get("slots"), "jobs": store.counts()}
+           "slots": len(info["gpus"]) if info.get("gpus") else info.get("slots"), "jobs": store.counts(),
+           "executor": info.get("executor"), "ray_address": info.get("ray_address")}
     store.close()
     if json_out:
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -156,7 +184,9 @@ def daemon_status(ctx: typer.Context,
     state = f"running (pid {pid})" if pid else "not running"
     slots = f"GPUs {','.join(doc['gpus'])}" if doc["gpus"] else f"{doc['slots']} slot(s)" if pid else "-"
     counts = ", ".join(f"{n} {s}" for s, n in doc["jobs"].items())
-    sys.stdout.write(f"daemon: {state}\nstate: {home}\nslots: {slots}\njobs: {counts}\n")
+    ray = f"checks: on the Ray cluster at {doc['ray_address'] or 'Ray default address'}\n" \
+        if doc["executor"] == "ray" else ""
+    sys.stdout.write(f"daemon: {state}\nstate: {home}\nslots: {slots}\n{ray}jobs: {counts}\n")
     return 0
 
 

@@ -2,7 +2,10 @@
 their answers, and resume what a killed daemon left behind.
 
 Each job runs as ``python -m bisector <argv> --session DIR --events FILE`` (the CLI's own code
-path), in its own process group, with ``CUDA_VISIBLE_DEVICES`` set to the GPUs it was given. The
+path), in its own process group, with ``CUDA_VISIBLE_DEVICES`` set to the GPUs it was given; on a daemon started
+with ``executor="ray"`` the job gets ``--executor ray --ray-address ADDR`` too (unless its command
+line names an executor), so its checks run on the cluster while the job itself, and the queue in
+SQLite, stay here: a Ray job would die with its cluster, a queued job does not. The
 job's process dies with the daemon (``PR_SET_PDEATHSIG``), and its session is resumable: after a
 ``kill -9`` of the daemon, or a reboot, the next daemon marks the jobs it finds ``running`` as
 queued again, ends what they left (their process group, then their checks' groups with
@@ -48,6 +51,14 @@ class Config:
     gpus: tuple[str, ...] = ()
     slots: int = 1
     notify_cmd: str | None = None
+    executor: str = "local"  # ray: each job's checks go to the Ray cluster at ray_address
+    ray_address: str | None = None
+
+    def describe(self) -> str:
+        here = f"GPUs {','.join(self.gpus)}" if self.gpus else f"{self.slots} slot(s)"
+        if self.executor == "ray":
+            return f"{here}, checks on the Ray cluster at {self.ray_address or 'the default address'}"
+        return here
 
     @property
     def capacity(self) -> int:
@@ -101,10 +112,13 @@ def job_paths(home: Path, job: Job) -> dict[str, Path]:
             "events": root / "events.jsonl", "log": root / "output.log"}
 
 
-def job_argv(job: Job, session: Path, events: Path) -> list[str]:
+def job_argv(job: Job, session: Path, events: Path, config: Config = Config()) -> list[str]:
     """``python -m bisector`` with the job's argv, its session and event file given before the
-    check command (given last, they win over the user's own)."""
+    check command (given last, they win over the user's own), and the daemon's executor unless
+    the job names its own."""
     own = ["--session", str(session), "--events", str(events)]
+    if config.executor != "local" and "--executor" not in job.argv[:job.check_at]:
+        own += ["--executor", config.executor, *(["--ray-address", config.ray_address] if config.ray_address else [])]
     return [sys.executable, "-m", "bisector", *job.argv[:job.check_at], *own, *job.argv[job.check_at:]]
 
 
@@ -124,8 +138,7 @@ class Daemon:
         self._write_info()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_stop)
-        log.info("daemon %d serving %s with %s", os.getpid(), self.home,
-                 f"GPUs {','.join(self.config.gpus)}" if self.config.gpus else f"{self.config.slots} slot(s)")
+        log.info("daemon %d serving %s with %s", os.getpid(), self.home, self.config.describe())
         try:
             self.recover()
             while not self.stopping:
@@ -208,7 +221,7 @@ class Daemon:
             out.write(f"--- bisector daemon: job {job.id}, run {job.runs + 1}, {time.ctime()}\n".encode())
             out.flush()
             try:
-                proc = subprocess.Popen(job_argv(job, paths["session"], paths["events"]), cwd=job.cwd, env=env,
+                proc = subprocess.Popen(job_argv(job, paths["session"], paths["events"], self.config), cwd=job.cwd, env=env,
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, preexec_fn=die_with_parent())
             except OSError as exc:  # its directory is gone, say: this job fails, the others go on

@@ -21,6 +21,7 @@ of ``-j 1``. Ray is imported only by :class:`RayExecutor`.
 
 from __future__ import annotations
 
+import socket
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -34,6 +35,7 @@ EXECUTORS = ("local", "ray")
 RAY_KINDS = ("command", "func", "script")  # checks that need only the artifact's files
 RAY_FILES = ("auto", "shared", "ship")
 MAX_RETRIES = 3  # tries after the first of a task lost with its worker or node
+REACH_TIMEOUT_S = 5.0  # for the cluster's address to accept a connection
 PROBE_TIMEOUT_S = 120  # for every node to say whether it sees the session directory
 
 
@@ -77,6 +79,23 @@ class LocalExecutor(Executor):
         self.check.terminate()
 
 
+def reach(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """A one-line ``UserError`` unless something listens at ``address`` (``host:port``, or
+    ``ray://host:port``): ``ray.init`` would wait minutes on a cluster that is not there. ``auto``,
+    ``local`` and None are Ray's to resolve."""
+    if not address or address in ("auto", "local"):
+        return
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"`ray_address` {address!r}: expected HOST:PORT (ray start --head prints it)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"`ray_address` {address}: no Ray cluster answers ({exc.strerror or exc})",
+                        hint="start one with `ray start --head`, or check the address it printed") from None
+
+
 def import_ray():
     """The ``ray`` module, or a one-line ``MissingDependency``."""
     try:
@@ -103,6 +122,8 @@ class RayExecutor(Executor):
             raise UserError(f"`gpus_per_check` must be at least 0, not {gpus_per_check}")
         one_of("`ray_files`", files, RAY_FILES)
         self.ray = import_ray()
+        if not self.ray.is_initialized():
+            reach(address)
         self.spec = spec
         self.gpus_per_check = gpus_per_check
         self.ship_limit = ship_limit

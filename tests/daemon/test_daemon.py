@@ -302,7 +302,8 @@ def test_daemon_status_json_and_one_daemon_per_state_dir(daemon):
     assert second.returncode == 2 and "already runs" in one_error_line(second.stderr)
     status = json.loads(daemon.run("daemon", "status", "--json").stdout)
     assert status == {"running": True, "pid": pid, "state_dir": str(daemon.home), "gpus": [], "slots": 2,
-                      "jobs": {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}}
+                      "jobs": {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0},
+                      "executor": "local", "ray_address": None}
     assert daemon.run("daemon", "stop").returncode == 0
     assert json.loads(daemon.run("daemon", "status", "--json").stdout)["running"] is False
 
@@ -374,3 +375,32 @@ def test_another_users_jobs_and_state_dir_are_out_of_reach(daemon, tmp_path):
         proc = daemon.run("jobs")
         assert proc.returncode == 2 and "belongs to uid" in one_error_line(proc.stderr)
         os.chown(daemon.home, os.getuid(), -1)
+
+
+# ------------------------------------------------------------------------------------- on Ray
+@pytest.mark.ray
+def test_a_daemon_on_ray_sends_its_jobs_checks_to_the_cluster_and_keeps_the_queue(ray, daemon, tmp_path):
+    address = ray.get_runtime_context().gcs_address
+    daemon.env["RAY_AUTH_MODE"] = "disabled"
+    assert "--gpus hands out this machine's GPUs" in one_error_line(
+        daemon.run("daemon", "start", "--executor", "ray", "--gpus", "0").stderr)
+    gone = daemon.run("daemon", "start", "--executor", "ray", "--ray-address", "127.0.0.1:9")
+    assert gone.returncode == 2 and "--ray-address 127.0.0.1:9: no Ray cluster answers" in one_error_line(gone.stderr)
+    daemon.start("--executor", "ray", "--ray-address", address, "--slots", "2")
+    status = json.loads(daemon.run("daemon", "status", "--json").stdout)
+    assert (status["executor"], status["ray_address"]) == ("ray", address)
+    where = tmp_path / "where"
+    record = (f"import os, runpy, sys; open({str(where)!r}, 'a').write(os.environ.get('RAY_RAYLET_PID', '-') + "
+              "'\\n'); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    check = [sys.executable, "-c", record, str(ROOT / "fixtures" / "faulty_check.py"), "polygraphy_debug.onnx",
+             "--fault", "scale:relu4", "--load-inputs", "inputs.json"]
+    job = daemon.submit("--", "reduce", "m.onnx", "-o", "red.onnx", "-q", "-j", "2", "--check", *check)
+    local = daemon.submit("--", "repeat", "--until", "1", "-q", "--executor", "local", "--check", sys.executable, "-c",
+                          f"import os; open({str(tmp_path / 'local')!r}, 'w').write(os.environ.get('RAY_RAYLET_PID', '-'))")
+    jobs = daemon.wait(_done([job, local]), timeout=180)
+    assert jobs[job]["state"] == "done" and jobs[job]["answer"]["node_names"] == CHAIN_ANSWER
+    spec = json.loads((Path(jobs[job]["session"]) / "session.json").read_text())["spec"]["run"]
+    assert (spec["executor"], spec["ray_address"]) == ("ray", address)
+    pids = set(where.read_text().split())
+    assert pids and "-" not in pids  # every check ran in a Ray worker
+    assert jobs[local]["state"] == "done" and (tmp_path / "local").read_text() == "-"  # a job's own executor wins

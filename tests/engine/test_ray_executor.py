@@ -1,4 +1,5 @@
-"""The ray executor on a real local Ray cluster (logical GPUs; one cluster for the module): a reduce
+"""The ray executor on a real local Ray cluster (logical GPUs; one cluster for the run, the ``ray``
+fixture of tests/conftest.py): a reduce
 on Ray gives the answer and the journal verdicts of a local ``-j 1``, each check sees the GPU Ray
 gave it, a failing check still fails under Ray's ``SIGCHLD`` pitfall, and cancel kills the check's
 process tree, grandchildren included."""
@@ -32,16 +33,6 @@ RECORD_GPU = "import os, sys, time; open(sys.argv[1] + '/' + sys.argv[2], 'w').w
              "os.environ.get('CUDA_VISIBLE_DEVICES', '-')); time.sleep(1.5)"
 TREE = "import subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); " \
        "open('grandchild.pid', 'w').write(str(p.pid)); time.sleep(300)"
-
-
-@pytest.fixture(scope="module")
-def ray():
-    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
-    with pytest.MonkeyPatch.context() as patch:  # no token in ~/.ray that another cluster may rewrite
-        patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-        yield ray
-        ray.shutdown()
 
 
 def artifact(tmp_path: Path, n: int) -> Artifact:
