@@ -6,7 +6,7 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class Verdict(str, enum.Enum):
@@ -82,7 +82,9 @@ class Artifact:
     ``{name: array}`` dict per input sample) directly instead of reading files.
     A materializer that cannot make the artifact but wants the search to go on (one build of a
     hunt failed) sets ``skip`` to the reason: the engine journals a SKIP with it as the note
-    (``cause="build"``) without running the check.
+    (``cause="build"``) without running the check. ``prepare``, when set, makes the files where
+    the check runs (a build on a Ray node: see ``Materializer``'s ``deferred``); it returns such a
+    reason, or "" when the files are there.
     """
 
     workdir: Path
@@ -97,6 +99,7 @@ class Artifact:
     description: str = ""  # one line for people: "12 nodes: Conv_3 .. Relu_9"
     extra_env: dict[str, str] = field(default_factory=dict)  # per-worker, e.g. CUDA_VISIBLE_DEVICES
     skip: str = ""  # why it could not be made (a build that failed): the engine journals a skip, no check
+    prepare: Callable[[], str] | None = None  # makes the files where the check runs; "" or a skip reason
 
 
 class Check(ABC):

@@ -21,6 +21,7 @@ Example (no CLI)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -107,6 +108,18 @@ class BuildMaterializer:
         shutil.copyfile(paths.tactics, workdir / KEPT_TACTICS)
         (workdir / BUILD_META).write_text(json.dumps({"build": build, "seconds": round(seconds, 3)}))
         return Artifact(workdir=workdir, path=paths.engine, iteration=iteration, description=candidate.label)
+
+    def deferred(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact:
+        """Build ``candidate`` where its check runs (a Ray node with the check's GPU): the artifact's
+        ``prepare`` is :meth:`materialize`, and gives its skip reason."""
+        artifact = Artifact(workdir=Path(workdir), path=Path(workdir) / self.artifact, iteration=iteration,
+                            description=candidate.label)
+        artifact.prepare = functools.partial(_made_here, self, candidate, Path(workdir), iteration)
+        return artifact
+
+
+def _made_here(materializer: BuildMaterializer, candidate: Candidate, workdir: Path, iteration: int) -> str:
+    return materializer.materialize(candidate, workdir, iteration).skip
 
 
 class BuildCommand(Command):

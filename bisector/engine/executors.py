@@ -43,6 +43,7 @@ class Executor(ABC):
     """Runs checks for the engine; ``key`` names one run (the candidate's fingerprint)."""
 
     cancellable: bool = False
+    remote: bool = False  # checks run on other machines that see the session's files by path
 
     @abstractmethod
     def run(self, artifact: Artifact, key: str) -> CheckResult:
@@ -143,6 +144,7 @@ class RayExecutor(Executor):
         except BaseException:
             self.shutdown()
             raise
+        self.remote = not self.ship  # a deferred build needs the model by path
 
     def _ship(self, files: str, session_dir: Path | None) -> bool:
         """Whether artifacts go through the object store: ``files``, or for ``auto`` whether a
@@ -187,7 +189,8 @@ class RayExecutor(Executor):
             if self._terminated or key in self._cancelled:
                 self._cancelled.discard(key)
                 raise SessionAborted("the check was cancelled before it started")
-            ref = self._task.remote(self.spec, ray_task.artifact_json(artifact), shipped, self.ship_limit)
+            ref = self._task.remote(self.spec, ray_task.artifact_json(artifact), shipped, self.ship_limit,
+                                    artifact.prepare)
             self._refs[key] = ref
         try:
             doc = self.ray.get(ref)

@@ -272,7 +272,9 @@ class Engine:
             workdir = self.session.iteration_dir(iteration)
             with self._lock:
                 self._started[fp] = (iteration, workdir)
-            artifact = self.materializer.materialize(cand, workdir, iteration)
+            deferred = getattr(self.materializer, "deferred", None) if self.executor.remote else None
+            make = deferred or self.materializer.materialize  # deferred: made where the check runs
+            artifact = make(cand, workdir, iteration)
             artifact.session_dir = self.session.root
             if artifact.skip:  # it could not be made (a failed build): a skip, no check
                 return iteration, CheckResult(Verdict.SKIP, note=artifact.skip, cause="build"), artifact

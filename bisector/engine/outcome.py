@@ -22,6 +22,11 @@ class Materializer(Protocol):
 
     def materialize(self, candidate: Candidate, workdir: Path, iteration: int) -> Artifact: ...
 
+    # A materializer whose work belongs where the check runs (a build needs the check's GPU) may
+    # also offer ``deferred(candidate, workdir, iteration) -> Artifact``: an artifact whose
+    # ``prepare`` (picklable, by path) does ``materialize``'s work. The engine asks for it when
+    # the executor runs checks elsewhere on the same files (``Executor.remote``).
+
 
 class EndpointError(UserError):
     """The endpoints do not bracket a failure (the full subject passes, or the trivial one fails)."""

@@ -24,9 +24,9 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from bisector.checks.base import Artifact
+from bisector.checks.base import Artifact, CheckResult, Verdict
 from bisector.errors import UserError
 
 PATH_FIELDS = ("workdir", "path", "session_dir", "inputs_path", "weights_dir")
@@ -142,10 +142,11 @@ def _made(workdir: Path, before: dict[str, tuple[int, int]], limit: int) -> dict
 
 
 def run_check(spec: dict[str, Any], artifact: dict[str, Any], shipped: dict[str, Any] | None = None,
-              limit: int = SHIP_LIMIT_BYTES) -> dict[str, Any]:
+              limit: int = SHIP_LIMIT_BYTES, prepare: Callable[[], str] | None = None) -> dict[str, Any]:
     """The Ray task: the check built from ``spec`` run on ``artifact``; the result as JSON. With
     ``shipped`` (:func:`pack`), the check runs on a copy of those files in a directory of this
-    node, and the result's ``files`` are those it made (see the module docstring)."""
+    node, and the result's ``files`` are those it made (see the module docstring). ``prepare``
+    (``Artifact.prepare``, a deferred build) runs first, here; the reason it gives is a skip."""
     from bisector.checks.guard import start_guard
     from bisector.checks.spec import CheckSpec
 
@@ -160,7 +161,8 @@ def run_check(spec: dict[str, Any], artifact: dict[str, Any], shipped: dict[str,
         Path(art.workdir).mkdir(parents=True, exist_ok=True)
         dismiss = start_guard(Path(art.workdir), remove=root)
         try:
-            result = check.run(art).to_json()
+            reason = prepare() if prepare is not None else ""
+            result = (CheckResult(Verdict.SKIP, note=reason, cause="build") if reason else check.run(art)).to_json()
         finally:
             dismiss()
         if root is not None:
