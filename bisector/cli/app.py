@@ -114,7 +114,7 @@ def _main(argv: list[str], ui) -> int:
         error_line(ui, exc.message, exc.hint)
         return EXIT_USAGE
     except SessionAborted as exc:
-        ui.err.print(f"[yellow]stopped:[/] {escape(str(exc))}", highlight=False)
+        ui.err.print(f"[yellow]stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_STOPPED
     except OSError as exc:
         if exc.errno not in FILE_ERRNOS:

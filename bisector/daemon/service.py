@@ -32,7 +32,7 @@ from typing import Any
 
 from bisector.checks.process_group import die_with_parent, kill_leftovers, signal_group
 from bisector.daemon.store import Job, Store
-from bisector.errors import EXIT_INCONCLUSIVE, UserError
+from bisector.errors import EXIT_INCONCLUSIVE, EXIT_STOPPED, UserError
 
 log = logging.getLogger("bisector.daemon")
 
@@ -42,6 +42,8 @@ POLL_S = 0.2
 ERROR_PAUSE_S = 2.0
 STOP_GRACE_S = 5.0  # SIGINT (bisector's clean stop), then SIGKILL to the job's group
 NOTIFY_TIMEOUT_S = 60.0
+LOST_ON_RAY = "was lost on the Ray cluster"  # a job stopped for that (exit 3) is queued again ...
+LOST_RUNS = 3  # ... until it has run this many times
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,8 @@ class Daemon:
             state, reason = "cancelled", "cancelled while running"
         elif code == 0 and answer is not None:
             state, reason = "done", None
+        elif code == EXIT_STOPPED and LOST_ON_RAY in _failure(paths["log"], code) and job.runs < LOST_RUNS:
+            state, reason = "queued", f"{_failure(paths['log'], code)}; queued again (run {job.runs} of {LOST_RUNS})"
         elif code == EXIT_INCONCLUSIVE and isinstance(answer, dict):  # e.g. a check that crashes on everything
             state, reason = "failed", f"inconclusive: {answer.get('doubt') or 'see the report'}"
         else:
@@ -322,7 +326,7 @@ def _answer(session: Path) -> Any:
 
 
 def _failure(log_path: Path, code: int | None) -> str:
-    """The job's own error line, else its exit status."""
+    """The job's own error (or stop) line, else its exit status."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
@@ -330,6 +334,9 @@ def _failure(log_path: Path, code: int | None) -> str:
     errors = [ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("bisector: error:")]
     if errors:
         return errors[-1]
+    stops = [ln for ln in lines if ln.startswith("stopped: ")]
+    if code == EXIT_STOPPED and stops:
+        return stops[-1]
     if code is not None and code < 0:
         return f"killed by signal {-code}"
     return f"exit code {code}"

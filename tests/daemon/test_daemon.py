@@ -397,7 +397,15 @@ def test_a_daemon_on_ray_sends_its_jobs_checks_to_the_cluster_and_keeps_the_queu
     job = daemon.submit("--", "reduce", "m.onnx", "-o", "red.onnx", "-q", "-j", "2", "--check", *check)
     local = daemon.submit("--", "repeat", "--until", "1", "-q", "--executor", "local", "--check", sys.executable, "-c",
                           f"import os; open({str(tmp_path / 'local')!r}, 'w').write(os.environ.get('RAY_RAYLET_PID', '-'))")
-    jobs = daemon.wait(_done([job, local]), timeout=180)
+    lost = daemon.submit("--", "repeat", "--until", "1", "-q", "--check", sys.executable, "-c",
+                         "import os, signal; os.kill(os.getppid(), signal.SIGKILL)")  # its worker dies every try
+    jobs = daemon.wait(_done([job, local, lost]), timeout=240)
+    assert jobs[lost]["state"] == "failed" and "check was lost on the Ray cluster 4 times" in jobs[lost]["reason"]
+    from bisector.daemon.store import Store
+
+    store = Store(daemon.home)
+    assert store.get(lost).runs == 3  # queued again twice, then failed
+    store.close()
     assert jobs[job]["state"] == "done" and jobs[job]["answer"]["node_names"] == CHAIN_ANSWER
     spec = json.loads((Path(jobs[job]["session"]) / "session.json").read_text())["spec"]["run"]
     assert (spec["executor"], spec["ray_address"]) == ("ray", address)
