@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 
 from bisector import api
-from bisector.cli.build import Invocation
+from bisector.cli.build import Invocation, render_fields
 from bisector.cli.progress import EventFile, LiveDisplay, LogLines, is_interactive, make_console
 from bisector.cli.tables import rich_table
 from bisector.errors import SessionAborted, UserError
@@ -159,4 +159,4 @@ class SessionLines:
             for line in e["intro"]:
                 self.ui.err.print(escape(line), highlight=False, soft_wrap=True)
             for line in e["notes"]:
-                self.ui.note(line)
+                self.ui.note(render_fields(line))

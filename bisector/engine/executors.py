@@ -127,6 +127,7 @@ class RayExecutor(Executor):
             reach(address)
         self.spec = spec
         self.gpus_per_check = gpus_per_check
+        self.files = files
         self.ship_limit = ship_limit
         self._refs: dict[str, Any] = {}
         self._cancelled: set[str] = set()
@@ -178,8 +179,9 @@ class RayExecutor(Executor):
 
     def describe(self) -> str:
         resources = self.ray.cluster_resources()
-        how = ("the iteration files travel through Ray's object store (a node does not see the session directory)"
-               if self.ship else "the iteration files are read where they are (every node sees the session directory)")
+        why = "as `ray_files` ship says" if self.files == "ship" else "a node does not see the session directory"
+        how = (f"the iteration files travel through Ray's object store ({why})" if self.ship
+               else "the iteration files are read where they are (every node sees the session directory)")
         return (f"checks run on a Ray cluster of {len(self.ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, "
                 f"{resources.get('GPU', 0):g} GPUs; {how}")
 
