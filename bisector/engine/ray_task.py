@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -158,7 +159,10 @@ def run_check(spec: dict[str, Any], artifact: dict[str, Any], shipped: dict[str,
         before: dict[str, tuple[int, int]] = {}
         if root is not None:
             art, before = _unpacked(art, shipped, root)
-        Path(art.workdir).mkdir(parents=True, exist_ok=True)
+        elif not Path(art.workdir).is_dir():  # a node that joined blind: never a verdict on missing files
+            raise UserError(f"`ray_files`: the Ray node {socket.gethostname()} does not see the iteration directory "
+                            f"{art.workdir}; put the session directory on a filesystem every node sees, or let the "
+                            f"files travel with --ray-files ship")
         dismiss = start_guard(Path(art.workdir), remove=root)
         try:
             reason = prepare() if prepare is not None else ""

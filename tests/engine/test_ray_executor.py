@@ -273,3 +273,12 @@ def test_without_ray_the_ray_executor_is_one_missing_dependency_line(monkeypatch
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
     with pytest.raises(MissingDependency, match=r"`executor` ray needs Ray: pip install 'bisector\[ray\]'"):
         make_executor(None, FAULTY.to_json(), executor="ray")
+
+
+@pytest.mark.ray
+def test_a_node_that_does_not_see_the_iteration_directory_gives_one_line_not_a_verdict(ray, tmp_path):
+    executor = make_executor(None, CheckSpec.command(["false"]).to_json(), executor="ray")
+    art = Artifact(workdir=tmp_path / "not-on-this-node", path=tmp_path / "not-on-this-node" / "m.onnx", iteration=3)
+    with pytest.raises(UserError, match="does not see the iteration directory .*not-on-this-node"):
+        executor.run(art, "k")
+    assert not art.workdir.exists()
