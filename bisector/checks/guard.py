@@ -30,9 +30,11 @@ from typing import Callable
 DONE = b"done"
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisector` finds this package
 # The guard's parent leaves at once (before any import: the worker waits only for that), so the
-# guard is nobody's direct child in the worker; the guard then waits for the worker's word.
-LAUNCH = ("import os, sys\nif os.fork() > 0:\n    os._exit(0)\nsys.path.insert(0, sys.argv[2])\n"
-          "from bisector.checks.guard import main\nmain(sys.argv[1], *sys.argv[3:])\n")
+# guard is nobody's direct child in the worker; the guard then waits for the worker's word, and
+# imports bisector only when it has to act (an import costs the busy node CPU on every check).
+LAUNCH = ("import os, sys\nif os.fork() > 0:\n    os._exit(0)\nif sys.stdin.buffer.read() != b'done':\n"
+          "    sys.path.insert(0, sys.argv[2])\n    from bisector.checks.guard import main\n"
+          "    main(sys.argv[1], *sys.argv[3:])\n")
 
 
 def _subreaper(on: bool) -> None:
@@ -68,11 +70,7 @@ def start_guard(workdir: Path, remove: Path | None = None) -> Callable[[], None]
 
 
 def guard(workdir: Path, remove: Path | None = None) -> None:
-    """Wait for the worker's word on stdin; with none (it was killed), end the check's group and
-    delete ``remove``."""
-    word = sys.stdin.buffer.read()
-    if word == DONE:
-        return
+    """The worker died without its word: end the check's group and delete ``remove``."""
     from bisector.checks.process_group import RECORD_NAME, GroupRecord, _end, _members, remove_record
 
     record = GroupRecord.read(Path(workdir) / RECORD_NAME)
