@@ -21,6 +21,7 @@ of ``-j 1``. Ray is imported only by :class:`RayExecutor`.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from abc import ABC, abstractmethod
@@ -80,7 +81,7 @@ class LocalExecutor(Executor):
         self.check.terminate()
 
 
-def reach(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
+def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = REACH_TIMEOUT_S) -> None:
     """A one-line ``UserError`` unless something listens at ``address`` (``host:port``, or
     ``ray://host:port``): ``ray.init`` would wait minutes on a cluster that is not there. ``auto``,
     ``local`` and None are Ray's to resolve."""
@@ -89,11 +90,11 @@ def reach(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
     where = address.split("://", 1)[-1]
     host, _, port = where.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"`ray_address` {address!r}: expected HOST:PORT (ray start --head prints it)")
+        raise UserError(f"{what} {address!r}: expected HOST:PORT (ray start --head prints it)")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise UserError(f"`ray_address` {address}: no Ray cluster answers ({exc.strerror or exc})",
+        raise UserError(f"{what} {address}: no Ray cluster answers ({exc.strerror or exc})",
                         hint="start one with `ray start --head`, or check the address it printed") from None
 
 
@@ -124,7 +125,7 @@ class RayExecutor(Executor):
         one_of("`ray_files`", files, RAY_FILES)
         self.ray = import_ray()
         if not self.ray.is_initialized():
-            reach(address)
+            reach(address) if address else reach(os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
         self.spec = spec
         self.gpus_per_check = gpus_per_check
         self.files = files
@@ -135,8 +136,13 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._started_ray = False
         if not self.ray.is_initialized():
-            self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                          ignore_reinit_error=True)
+            try:
+                self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                              ignore_reinit_error=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:  # a cluster that refuses us, a bad address
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"`ray_address` {address or '(Ray default)'}: Ray did not start or connect: "
+                                f"{first}") from None
             self._started_ray = True
         self._task = self.ray.remote(ray_task.run_check).options(num_cpus=1, num_gpus=gpus_per_check,
                                                                  max_retries=MAX_RETRIES)

@@ -282,3 +282,20 @@ def test_a_node_that_does_not_see_the_iteration_directory_gives_one_line_not_a_v
     with pytest.raises(UserError, match="does not see the iteration directory .*not-on-this-node"):
         executor.run(art, "k")
     assert not art.workdir.exists()
+
+
+def test_a_cluster_address_where_nothing_listens_is_one_line_within_seconds(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
+    from tests.helpers import ENV
+
+    shutil.copy(fixture_path("chain"), tmp_path / "m.onnx")
+    argv = ["reduce", "m.onnx", "-o", "red.onnx", "-q", "--executor", "ray", "--check", *FAULTY.argv]
+    for extra, env in ((["--ray-address", "127.0.0.1:9"], {}), ([], {"RAY_ADDRESS": "127.0.0.1:9"}),
+                       (["--ray-address", "nowhere"], {})):
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "bisector", *argv[:7], *extra, *argv[7:]], cwd=tmp_path,
+                              capture_output=True, text=True, env={**ENV, "RAY_AUTH_MODE": "disabled", **env},
+                              stdin=subprocess.DEVNULL, timeout=120)
+        assert proc.returncode == 2 and time.monotonic() - start < 30, proc.stderr
+        assert ("--ray-address" in proc.stderr or "$RAY_ADDRESS 127" in proc.stderr) and ("no Ray cluster answers" in proc.stderr
+                                                   or "expected HOST:PORT" in proc.stderr), proc.stderr
