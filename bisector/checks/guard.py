@@ -7,8 +7,9 @@ be one. :func:`start_guard` starts a small Python (``LAUNCH``) that forks and
 leaves its parent at once (the guard is re-parented away from the worker: not to it, since the
 worker's subreaper flag is off meanwhile). The guard holds the read end of a pipe whose write end
 only the worker has. At EOF without ``done`` the worker is dead: the guard ends the group recorded
-in ``WORKDIR/check.pgid`` (SIGTERM, then SIGKILL), and removes the directory ``remove`` names (a
-task's copy of shipped files). Linux only; elsewhere no guard is started.
+in ``WORKDIR/check.pgid``, or last seen there if the directory is gone already (SIGTERM, then
+SIGKILL), and removes the directory ``remove`` names (a task's copy of shipped files). Linux only;
+elsewhere no guard is started.
 
 Example::
 
@@ -30,11 +31,22 @@ from typing import Callable
 DONE = b"done"
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisector` finds this package
 # The guard's parent leaves at once (before any import: the worker waits only for that), so the
-# guard is nobody's direct child in the worker; the guard then waits for the worker's word, and
-# imports bisector only when it has to act (an import costs the busy node CPU on every check).
-LAUNCH = ("import os, sys\nif os.fork() > 0:\n    os._exit(0)\nif sys.stdin.buffer.read() != b'done':\n"
+# guard is nobody's direct child in the worker. While it waits for the worker's word it reads the
+# check's group record every POLL_S (the engine may delete a cancelled check's directory before
+# the worker is dead); it imports bisector only when it has to act (an import costs the busy node
+# CPU on every check).
+POLL_S = 0.05
+LAUNCH = ("import os, select, sys\nif os.fork() > 0:\n    os._exit(0)\n"
+          "record, seen, word = os.path.join(sys.argv[1], 'check.pgid'), '', b''\n"
+          "while True:\n"
+          f"    if select.select([0], [], [], {POLL_S})[0]:\n"
+          "        chunk = os.read(0, 64)\n        word += chunk\n        if not chunk:\n            break\n"
+          "        continue\n"
+          "    try:\n        with open(record) as f:\n            seen = f.read() or seen\n"
+          "    except OSError:\n        pass\n"
+          "if word != b'done':\n"
           "    sys.path.insert(0, sys.argv[2])\n    from bisector.checks.guard import main\n"
-          "    main(sys.argv[1], *sys.argv[3:])\n")
+          "    main(sys.argv[1], seen, *sys.argv[3:])\n")
 
 
 def _subreaper(on: bool) -> None:
@@ -69,11 +81,12 @@ def start_guard(workdir: Path, remove: Path | None = None) -> Callable[[], None]
     return dismiss
 
 
-def guard(workdir: Path, remove: Path | None = None) -> None:
-    """The worker died without its word: end the check's group and delete ``remove``."""
+def guard(workdir: Path, seen: str = "", remove: Path | None = None) -> None:
+    """The worker died without its word: end the check's group (recorded in the workdir, or as
+    last ``seen`` there) and delete ``remove``."""
     from bisector.checks.process_group import RECORD_NAME, GroupRecord, _end, _members, remove_record
 
-    record = GroupRecord.read(Path(workdir) / RECORD_NAME)
+    record = GroupRecord.read(Path(workdir) / RECORD_NAME) or GroupRecord.parse(seen)
     if record is not None:
         _end(sum(_members([record]), []))
         remove_record(workdir)
@@ -83,9 +96,9 @@ def guard(workdir: Path, remove: Path | None = None) -> None:
         shutil.rmtree(remove, ignore_errors=True)
 
 
-def main(workdir: str, remove: str | None = None) -> None:
+def main(workdir: str, seen: str = "", remove: str | None = None) -> None:
     """The guard process (see ``LAUNCH``)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    guard(Path(workdir), Path(remove) if remove else None)
+    guard(Path(workdir), seen, Path(remove) if remove else None)

@@ -225,9 +225,17 @@ class GroupRecord:
     def read(cls, path: Path) -> "GroupRecord | None":
         """The record in ``path``, or None if it is unreadable or not one."""
         try:
-            data = json.loads(Path(path).read_text())
+            return cls.parse(Path(path).read_text())
+        except OSError:
+            return None
+
+    @classmethod
+    def parse(cls, text: str) -> "GroupRecord | None":
+        """The record ``text`` holds (a ``check.pgid`` file's), or None if it is not one."""
+        try:
+            data = json.loads(text)
             return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except (OSError, ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError):
             return None
 
 

@@ -299,3 +299,24 @@ def test_a_cluster_address_where_nothing_listens_is_one_line_within_seconds(tmp_
         assert proc.returncode == 2 and time.monotonic() - start < 30, proc.stderr
         assert ("--ray-address" in proc.stderr or "$RAY_ADDRESS 127" in proc.stderr) and ("no Ray cluster answers" in proc.stderr
                                                    or "expected HOST:PORT" in proc.stderr), proc.stderr
+
+
+@pytest.mark.ray
+def test_speculative_checks_dropped_by_a_reduce_on_ray_leave_no_grandchild(ray, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    slow = (f"import os, runpy, subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); "
+            f"open(os.path.join({str(pids)!r}, str(p.pid)), 'w').close(); time.sleep(1); "
+            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    check = CheckSpec.command([sys.executable, "-c", slow, *FAULTY.argv[1:]])
+    command = ReduceCommand(ReduceOptions(model=fixture_path("chain"), output=tmp_path / "r.onnx"))
+    events = []
+    run = api.run(command, check, api.RunOptions(session=tmp_path / "s", executor="ray", jobs=2),
+                  listeners=(events.append,))
+    assert run.exit_code == 0 and run.report.result.node_names == ("relu4",)
+    assert any(e["event"] == "dropped" for e in events)  # speculation was cancelled mid-check
+    started = [int(p.name) for p in pids.iterdir()]
+    deadline = time.monotonic() + 15
+    while not all(dead(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started and all(dead(p) for p in started), [p for p in started if not dead(p)]
