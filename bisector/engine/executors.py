@@ -36,7 +36,9 @@ EXECUTORS = ("local", "ray")
 RAY_KINDS = ("command", "func", "script")  # checks that need only the artifact's files
 RAY_FILES = ("auto", "shared", "ship")
 MAX_RETRIES = 3  # tries after the first of a task lost with its worker or node
-REACH_TIMEOUT_S = 5.0  # for the cluster's address to accept a connection
+REACH_TIMEOUT_S = 5.0  # for the cluster's address to accept a connection and answer
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # and an empty SETTINGS
+HTTP2_SETTINGS = 4  # the frame type byte of a SETTINGS frame
 PROBE_TIMEOUT_S = 120  # for every node to say whether it sees the session directory
 
 
@@ -82,9 +84,9 @@ class LocalExecutor(Executor):
 
 
 def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """A one-line ``UserError`` unless something listens at ``address`` (``host:port``, or
-    ``ray://host:port``): ``ray.init`` would wait minutes on a cluster that is not there. ``auto``,
-    ``local`` and None are Ray's to resolve."""
+    """A one-line ``UserError`` unless a gRPC server (as Ray's GCS is) answers at ``address``
+    (``host:port``, or ``ray://host:port``): ``ray.init`` would wait minutes on a cluster that is
+    not there. ``auto``, ``local`` and None are Ray's to resolve."""
     if not address or address in ("auto", "local"):
         return
     where = address.split("://", 1)[-1]
@@ -92,10 +94,15 @@ def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = R
     if not host or not port.isdigit():
         raise UserError(f"{what} {address!r}: expected HOST:PORT (ray start --head prints it)")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            conn.sendall(HTTP2_PREFACE)  # a GCS is a gRPC server: it answers with HTTP/2 SETTINGS
+            frame = conn.recv(9)
     except OSError as exc:
         raise UserError(f"{what} {address}: no Ray cluster answers ({exc.strerror or exc})",
                         hint="start one with `ray start --head`, or check the address it printed") from None
+    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:
+        raise UserError(f"{what} {address}: something answers there, but not a Ray cluster (no gRPC)",
+                        hint="`ray start --head` prints the address to give")
 
 
 def import_ray():

@@ -288,17 +288,35 @@ def test_a_cluster_address_where_nothing_listens_is_one_line_within_seconds(tmp_
     pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
     from tests.helpers import ENV
 
+    import socket
+
     shutil.copy(fixture_path("chain"), tmp_path / "m.onnx")
+    web = socket.create_server(("127.0.0.1", 0))  # something that answers, but not in gRPC
+
+    def answer():
+        while True:
+            try:
+                conn, _ = web.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
     argv = ["reduce", "m.onnx", "-o", "red.onnx", "-q", "--executor", "ray", "--check", *FAULTY.argv]
+    web_address = f"127.0.0.1:{web.getsockname()[1]}"
     for extra, env in ((["--ray-address", "127.0.0.1:9"], {}), ([], {"RAY_ADDRESS": "127.0.0.1:9"}),
-                       (["--ray-address", "nowhere"], {})):
+                       (["--ray-address", "nowhere"], {}), (["--ray-address", web_address], {})):
         start = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "bisector", *argv[:7], *extra, *argv[7:]], cwd=tmp_path,
                               capture_output=True, text=True, env={**ENV, "RAY_AUTH_MODE": "disabled", **env},
                               stdin=subprocess.DEVNULL, timeout=120)
         assert proc.returncode == 2 and time.monotonic() - start < 30, proc.stderr
         assert ("--ray-address" in proc.stderr or "$RAY_ADDRESS 127" in proc.stderr) and ("no Ray cluster answers" in proc.stderr
-                                                   or "expected HOST:PORT" in proc.stderr), proc.stderr
+                                                   or "expected HOST:PORT" in proc.stderr
+                                                   or "but not a Ray cluster" in proc.stderr), proc.stderr
+    web.close()
 
 
 @pytest.mark.ray
