@@ -32,6 +32,7 @@ from typing import Any
 
 from bisector.checks.process_group import die_with_parent, kill_leftovers, signal_group
 from bisector.daemon.store import Job, Store
+from bisector.engine.executors import LOST_ON_RAY, reach
 from bisector.errors import EXIT_INCONCLUSIVE, EXIT_STOPPED, UserError
 
 log = logging.getLogger("bisector.daemon")
@@ -42,8 +43,9 @@ POLL_S = 0.2
 ERROR_PAUSE_S = 2.0
 STOP_GRACE_S = 5.0  # SIGINT (bisector's clean stop), then SIGKILL to the job's group
 NOTIFY_TIMEOUT_S = 60.0
-LOST_ON_RAY = "was lost on the Ray cluster"  # a job stopped for that (exit 3) is queued again ...
+# a job stopped because its checks were LOST_ON_RAY (exit 3) is queued again ...
 LOST_RUNS = 3  # ... until it has run this many times
+CLUSTER_CHECK_S = 5.0  # how often a daemon on Ray with a queue asks whether its cluster answers
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class Daemon:
         self.running: dict[int, Running] = {}
         self.stopping = False
         self.store: Store | None = None
+        self._cluster_checked = -CLUSTER_CHECK_S  # monotonic time of the last look at the Ray cluster
+        self._cluster_down: str | None = None  # why it did not answer then
 
     def serve(self) -> None:
         lock = take_lock(self.home)
@@ -204,7 +208,28 @@ class Daemon:
             free = self._free()
             if need > len(free):
                 return
+            if self._cluster_gone():
+                if job.reason != self._cluster_down:
+                    self.store.update(job.id, only_state="queued", reason=self._cluster_down)
+                return
             self.launch(job, free[:need] if self.config.gpus else [])
+
+    def _cluster_gone(self) -> bool:
+        """With ``--ray-address``: whether the cluster did not answer (asked at most every
+        ``CLUSTER_CHECK_S``). Queued jobs wait for it rather than fail one after the other."""
+        if self.config.executor != "ray" or not self.config.ray_address:
+            return False
+        if time.monotonic() - self._cluster_checked >= CLUSTER_CHECK_S:
+            self._cluster_checked = time.monotonic()
+            was = self._cluster_down
+            try:
+                reach(self.config.ray_address, "--ray-address", timeout_s=2.0)
+                self._cluster_down = None
+            except UserError as exc:
+                self._cluster_down = f"waiting for the Ray cluster: {exc.message}"
+            if was != self._cluster_down:
+                log.warning("%s", self._cluster_down or f"the Ray cluster at {self.config.ray_address} answers again")
+        return self._cluster_down is not None
 
     def _free(self) -> list[str]:
         if self.config.gpus:

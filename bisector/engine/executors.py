@@ -39,6 +39,9 @@ MAX_RETRIES = 3  # tries after the first of a task lost with its worker or node
 REACH_TIMEOUT_S = 5.0  # for the cluster's address to accept a connection and answer
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # and an empty SETTINGS
 HTTP2_SETTINGS = 4  # the frame type byte of a SETTINGS frame
+WATCH_S = 2.0  # how often the cluster's GCS is asked whether it is there ...
+WATCH_MISSES = 3  # ... and after how many misses in a row the run stops (Ray's driver would exit 1 at 60 s)
+LOST_ON_RAY = "lost on the Ray cluster"  # in the stop line of a run that lost its checks (the daemon reads it)
 PROBE_TIMEOUT_S = 120  # for every node to say whether it sees the session directory
 
 
@@ -142,6 +145,8 @@ class RayExecutor(Executor):
         self._terminated = False
         self._lock = threading.Lock()
         self._started_ray = False
+        self.lost: str | None = None  # why the cluster is taken for gone
+        self._stop_watch = threading.Event()
         if not self.ray.is_initialized():
             try:
                 self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -159,6 +164,23 @@ class RayExecutor(Executor):
             self.shutdown()
             raise
         self.remote = not self.ship  # a deferred build needs the model by path
+        self._gcs = self.ray.get_runtime_context().gcs_address
+        threading.Thread(target=self._watch, name="bisector-ray-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Ask the GCS every ``WATCH_S``; after ``WATCH_MISSES`` misses in a row the cluster is gone:
+        runs stop with one line (exit 3, resumable) before Ray's driver ends the process with exit 1."""
+        misses = 0
+        while not self._stop_watch.wait(WATCH_S):
+            try:
+                reach(self._gcs, timeout_s=WATCH_S)
+                misses = 0
+            except UserError:
+                misses += 1
+            if misses >= WATCH_MISSES:
+                self.lost = (f"the Ray cluster at {self._gcs} stopped answering; the checks in flight were "
+                             f"{LOST_ON_RAY}, nothing was journaled for them, and a resume runs them again")
+                return
 
     def _ship(self, files: str, session_dir: Path | None) -> bool:
         """Whether artifacts go through the object store: ``files``, or for ``auto`` whether a
@@ -208,7 +230,7 @@ class RayExecutor(Executor):
                                     artifact.prepare)
             self._refs[key] = ref
         try:
-            doc = self.ray.get(ref)
+            doc = self._get(ref)
         except self.ray.exceptions.RayTaskError as exc:  # the task raised: one line for a user's error
             if isinstance(exc.cause, (UserError, SessionAborted)):
                 raise exc.cause from None
@@ -219,9 +241,8 @@ class RayExecutor(Executor):
             if stopped:
                 raise SessionAborted(f"the check was cancelled (iteration {artifact.iteration})") from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise SessionAborted(f"iteration {artifact.iteration}'s check was lost on the Ray cluster "
-                                 f"{MAX_RETRIES + 1} times ({type(exc).__name__}: {first}); nothing was journaled "
-                                 f"for it, and a resume runs it again") from None
+            raise SessionAborted(f"iteration {artifact.iteration}'s check was {LOST_ON_RAY} ({type(exc).__name__}: "
+                                 f"{first}); nothing was journaled for it, and a resume runs it again") from None
         finally:
             with self._lock:
                 self._refs.pop(key, None)
@@ -231,7 +252,16 @@ class RayExecutor(Executor):
             ray_task.unpack(artifact, files)
         return CheckResult.from_json(doc)
 
+    def _get(self, ref: Any) -> dict[str, Any]:
+        """The task's result, waited for in steps so that a cluster gone is noticed."""
+        while not self.ray.wait([ref], timeout=0.5)[0]:
+            if self.lost:
+                raise SessionAborted(self.lost)
+        return self.ray.get(ref)
+
     def cancel(self, key: str | None = None, workdir: Path | None = None) -> None:
+        if self.lost:  # nobody to ask: the tasks went with the cluster
+            return
         with self._lock:
             keys = list(self._refs) if key is None else [key]
             self._cancelled.update(k for k in keys if k in self._refs)
@@ -245,7 +275,8 @@ class RayExecutor(Executor):
         self.cancel()
 
     def shutdown(self) -> None:
-        if self._started_ray:
+        self._stop_watch.set()
+        if self._started_ray and not self.lost:
             self.ray.shutdown()
 
 

@@ -230,7 +230,7 @@ def test_a_users_error_on_the_node_is_one_line_not_rays_traceback(ray, tmp_path)
 def test_a_check_lost_with_its_worker_every_try_stops_the_session_without_a_verdict(ray, tmp_path):
     kill = "import os, signal; os.kill(os.getppid(), signal.SIGKILL)"
     executor = make_executor(None, CheckSpec.command([sys.executable, "-c", kill]).to_json(), executor="ray")
-    with pytest.raises(SessionAborted, match=r"iteration 1's check was lost on the Ray cluster 4 times"):
+    with pytest.raises(SessionAborted, match=r"iteration 1's check was lost on the Ray cluster \(WorkerCrashedError"):
         executor.run(artifact(tmp_path, 1), "k")
 
 

@@ -35,3 +35,18 @@ def test_a_node_removed_mid_check_gives_a_retry_on_the_other_node_and_the_local_
     assert first == done["removed"] and retry != first and set(rest) == {retry}  # the rest on the live node
     assert len(done["raylets"]) == len(done["verdicts"]) + 1  # one try more than verdicts: the lost one
     assert not done["grandchild_alive"]
+
+
+@pytest.mark.ray
+def test_a_cluster_whose_head_dies_mid_run_stops_it_in_one_line_and_resume_ends_it_there_again(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed: pip install 'bisector[ray]'")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "engine" / "ray_cluster_down.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=500, env={**ENV, "RAY_AUTH_MODE": "disabled"},
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Ray's driver would end the process with exit 1 after 60 s; bisector stops it first, resumably
+    assert done["exit_code"] == 3 and done["seconds_to_exit"] < 40, done
+    assert "stopped answering" in done["stderr_tail"][-1] and "lost on the Ray cluster" in done["stderr_tail"][-1]
+    assert len(done["journal_lines"]) >= done["known_before"] >= 1  # what was journaled stays
+    assert done["resume_exit_code"] == 0 and done["answer"] == ["relu4"], done
