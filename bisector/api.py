@@ -31,7 +31,7 @@ from bisector.checks.spec import CheckSpec
 from bisector.codec import absolute, decode, encode
 from bisector.commands.base import Command, Plan, Report
 from bisector.engine import Engine, Outcome
-from bisector.engine.executors import EXECUTORS, make_executor
+from bisector.engine.executors import EXECUTORS, make_executor, ray_options
 from bisector.errors import UserError
 
 Listener = Callable[[dict[str, Any]], None]
@@ -95,6 +95,8 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
     report (default: the equivalent ``bisector`` call is not rebuilt; the spec is what resumes);
     ``built`` a Check already built from ``check`` (tests pass their own)."""
     options.validate()
+    if options.executor == "ray":  # refused before a session directory is made
+        ray_options(check.to_json(), options.gpus_per_check, options.ray_files)
     command, check, options = type(command)(absolute(command.options)), check.anchored(), absolute(options)
     check_obj = built if built is not None else check.build()
     command.check_outputs()

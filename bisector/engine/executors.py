@@ -86,6 +86,17 @@ class LocalExecutor(Executor):
         self.check.terminate()
 
 
+def ray_options(spec: dict[str, Any], gpus_per_check: float, files: str) -> None:
+    """A one-line ``UserError`` for what the ray executor cannot take (before any session is made)."""
+    kind = spec.get("kind")
+    if kind not in RAY_KINDS:
+        article = "an" if str(kind)[:1] in "aeiou" else "a"
+        raise UserError(f"`executor` ray runs {', '.join(RAY_KINDS)} checks, not {article} {kind} check")
+    if not 0 <= gpus_per_check < float("inf"):  # nan too
+        raise UserError(f"`gpus_per_check` must be a number of GPUs from 0 up, not {gpus_per_check}")
+    one_of("`ray_files`", files, RAY_FILES)
+
+
 def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = REACH_TIMEOUT_S) -> None:
     """A one-line ``UserError`` unless a gRPC server (as Ray's GCS is) answers at ``address``
     (``host:port``, or ``ray://host:port``): ``ray.init`` would wait minutes on a cluster that is
@@ -128,11 +139,7 @@ class RayExecutor(Executor):
     def __init__(self, spec: dict[str, Any], *, address: str | None = None, gpus_per_check: float = 0,
                  session_dir: Path | None = None, files: str = "auto",
                  ship_limit: int = ray_task.SHIP_LIMIT_BYTES):
-        if spec.get("kind") not in RAY_KINDS:
-            raise UserError(f"`executor` ray runs {', '.join(RAY_KINDS)} checks, not a {spec.get('kind')} check")
-        if gpus_per_check < 0:
-            raise UserError(f"`gpus_per_check` must be at least 0, not {gpus_per_check}")
-        one_of("`ray_files`", files, RAY_FILES)
+        ray_options(spec, gpus_per_check, files)
         self.ray = import_ray()
         if not self.ray.is_initialized():
             reach(address) if address else reach(os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
@@ -140,6 +147,7 @@ class RayExecutor(Executor):
         self.gpus_per_check = gpus_per_check
         self.files = files
         self.ship_limit = ship_limit
+        self.env = ray_task.driver_env()  # a check on a node sees what a local one would
         self._refs: dict[str, Any] = {}
         self._cancelled: set[str] = set()
         self._terminated = False
@@ -201,8 +209,8 @@ class RayExecutor(Executor):
         nodes = [n for n in self.ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1
                  and n["Resources"].get("GPU", 0) >= self.gpus_per_check]
         if not nodes:
-            raise UserError(f"`ray_address`: no node of the Ray cluster has a CPU and {self.gpus_per_check:g} GPUs "
-                            f"for a check")
+            raise UserError(f"`gpus_per_check` {self.gpus_per_check:g}: no node of the Ray cluster has a CPU and "
+                            f"{self.gpus_per_check:g} GPU(s) for a check")
         probe = self.ray.remote(ray_task.sees)
         refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(str(session_dir)) for n in nodes]
@@ -227,7 +235,7 @@ class RayExecutor(Executor):
                 self._cancelled.discard(key)
                 raise SessionAborted("the check was cancelled before it started")
             ref = self._task.remote(self.spec, ray_task.artifact_json(artifact), shipped, self.ship_limit,
-                                    artifact.prepare)
+                                    artifact.prepare, self.env)
             self._refs[key] = ref
         try:
             doc = self._get(ref)

@@ -19,18 +19,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bisector.checks.base import Artifact, CheckResult, Verdict
 from bisector.errors import UserError
 
 PATH_FIELDS = ("workdir", "path", "session_dir", "inputs_path", "weights_dir")
+NODE_OWN = ("CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "_")  # the node's, never the driver's
 SHIP_LIMIT_BYTES = 512 * 2**20  # what one check's files may put through Ray's object store, each way
 LEFT_OUT_NAME = "ray_left_out.txt"  # files the check made on its node that were too large to come back
 MIB = 2**20
@@ -50,6 +52,27 @@ def artifact_from_json(doc: dict[str, Any]) -> Artifact:
     paths = {k: None if doc.get(k) is None else Path(doc[k]) for k in PATH_FIELDS}
     return Artifact(iteration=doc["iteration"], description=doc.get("description", ""),
                     extra_env=dict(doc.get("extra_env") or {}), **paths)
+
+
+def driver_env() -> dict[str, str]:
+    """This process's environment, for a check on a node to see what a local check would: less
+    Ray's own variables (``RAY_*``) and ``NODE_OWN``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k not in NODE_OWN}
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str] | None) -> Iterator[None]:
+    """``os.environ`` with ``env`` over it while the check runs (a worker runs one task at a time)."""
+    if not env:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def reset_sigchld() -> None:
@@ -143,11 +166,13 @@ def _made(workdir: Path, before: dict[str, tuple[int, int]], limit: int) -> dict
 
 
 def run_check(spec: dict[str, Any], artifact: dict[str, Any], shipped: dict[str, Any] | None = None,
-              limit: int = SHIP_LIMIT_BYTES, prepare: Callable[[], str] | None = None) -> dict[str, Any]:
+              limit: int = SHIP_LIMIT_BYTES, prepare: Callable[[], str] | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     """The Ray task: the check built from ``spec`` run on ``artifact``; the result as JSON. With
     ``shipped`` (:func:`pack`), the check runs on a copy of those files in a directory of this
     node, and the result's ``files`` are those it made (see the module docstring). ``prepare``
-    (``Artifact.prepare``, a deferred build) runs first, here; the reason it gives is a skip."""
+    (``Artifact.prepare``, a deferred build) runs first, here; the reason it gives is a skip. The
+    build and the check see ``env`` (:func:`driver_env`) over the worker's environment."""
     from bisector.checks.guard import start_guard
     from bisector.checks.spec import CheckSpec
 
@@ -165,8 +190,10 @@ def run_check(spec: dict[str, Any], artifact: dict[str, Any], shipped: dict[str,
                             f"files travel with --ray-files ship")
         dismiss = start_guard(Path(art.workdir), remove=root)
         try:
-            reason = prepare() if prepare is not None else ""
-            result = (CheckResult(Verdict.SKIP, note=reason, cause="build") if reason else check.run(art)).to_json()
+            with environment(env):
+                reason = prepare() if prepare is not None else ""
+                result = (CheckResult(Verdict.SKIP, note=reason, cause="build") if reason
+                          else check.run(art)).to_json()
         finally:
             dismiss()
         if root is not None:

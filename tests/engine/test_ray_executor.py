@@ -53,8 +53,16 @@ def test_an_unknown_executor_or_ray_flags_without_ray_are_user_errors(tmp_path):
         api.RunOptions(executor="slurm").validate()
     with pytest.raises(UserError, match="`ray_address`"):
         api.RunOptions(ray_address="10.0.0.1:6379").validate()
-    with pytest.raises(UserError, match="`executor` ray runs command"):
+    with pytest.raises(UserError, match="`executor` ray runs command, func, script checks, not an interactive"):
         RayExecutor(CheckSpec().to_json())  # an interactive check: a person, not a task
+    command = ReduceCommand(ReduceOptions(model=fixture_path("chain"), output=tmp_path / "r.onnx"))
+    for gpus, files, words in ((float("nan"), "auto", "`gpus_per_check` must be a number of GPUs from 0 up, not nan"),
+                               (float("inf"), "auto", "not inf"), (-1, "auto", "not -1"),
+                               (0, "bogus", "`ray_files` 'bogus': choose auto, shared or ship")):
+        with pytest.raises(UserError, match=words):  # refused before any session directory is made
+            api.run(command, FAULTY, api.RunOptions(session=tmp_path / "s", executor="ray", gpus_per_check=gpus,
+                                                    ray_files=files))
+        assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.ray
@@ -338,3 +346,15 @@ def test_speculative_checks_dropped_by_a_reduce_on_ray_leave_no_grandchild(ray, 
     while not all(dead(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert started and all(dead(p) for p in started), [p for p in started if not dead(p)]
+
+
+@pytest.mark.ray
+def test_a_check_on_ray_sees_the_environment_bisector_was_started_with(ray, tmp_path, monkeypatch):
+    monkeypatch.setenv("BISECTOR_TEST_THRESHOLD", "0.25")
+    show = "import os, sys; open(sys.argv[1], 'w').write(os.environ.get('BISECTOR_TEST_THRESHOLD', '-') + ' ' + " \
+           "os.environ.get('RAY_RAYLET_PID', '-'))"
+    executor = make_executor(None, CheckSpec.command([sys.executable, "-c", show, str(tmp_path / "env")]).to_json(),
+                             executor="ray")
+    assert executor.run(artifact(tmp_path, 1), "k").verdict is Verdict.GOOD
+    threshold, raylet = (tmp_path / "env").read_text().split()
+    assert threshold == "0.25" and raylet != "-"  # the user's variable, and still the node's own Ray ones
