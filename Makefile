@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m fixtures.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/reduce_vs_polygraphy.py

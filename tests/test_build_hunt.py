@@ -92,8 +92,14 @@ def test_a_hunt_of_n_builds_ranks_the_planted_tactic_first(tmp_path, model):
 
 
 def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(tmp_path, model):
-    hunt = BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="40", confidence=0.9))
-    sure = api.run(hunt, CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "sure", jobs=2))
+    # even builds take longer, so at -j 3 later builds finish first: the stop still counts builds in order
+    (tmp_path / "slow_even.py").write_text(
+        "import os, sys, time\nb = int(sys.argv[1])\nb % 2 or time.sleep(0.4)\n"
+        f"os.execv(sys.executable, [sys.executable, {str(BUILDER)!r}, *sys.argv[2:]])\n")
+    slow_even = build_cmd().replace(f"{BUILDER}", "slow_even.py {build}")
+    hunt = BuildCommand(BuildOptions(model=model, build_cmd=slow_even, until="40", confidence=0.9,
+                                     launch_dir=tmp_path))
+    sure = api.run(hunt, CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "sure", jobs=3))
     sure = sure.report.result
     assert sure.builds == 16 and sure.reason.startswith(f"{FLAKY} tactic {tactic_hash('MatMul', 'gemm_split_k')}")
     assert sure.reason.endswith("reached confidence 0.9")
@@ -101,6 +107,22 @@ def test_a_hunt_stops_once_the_top_suspect_is_sure_enough_or_its_time_is_spent(t
     timed = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="1s")),
                     CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "timed")).report.result
     assert timed.reason == "1s spent" and 1 <= timed.builds <= 4
+
+
+def test_the_confidence_rule_counts_only_the_builds_the_hunt_has_taken_in_order(tmp_path, model):
+    from types import SimpleNamespace
+
+    from bisector.artifacts.journal import read
+    from bisector.commands.build import suspects_rule
+    from bisector.strategies.base import Progress
+
+    run = api.run(BuildCommand(BuildOptions(model=model, build_cmd=build_cmd(), until="20")),
+                  CheckSpec.command(check_argv(model)), api.RunOptions(session=tmp_path / "s", jobs=2))
+    session = SimpleNamespace(root=run.session.root, journal=read(run.session.root / "journal.jsonl"))
+    # 20 builds journaled; a -j 1 hunt is sure after 16 (the test above): later builds must not count sooner
+    rule = suspects_rule(session, Progress(), 0.9)
+    assert [rule(done) for done in (0, 8, 15)] == [None, None, None]
+    assert rule(16).endswith("reached confidence 0.9")
 
 
 def crashing_builder(tmp_path: Path, crash: str) -> str:

@@ -225,18 +225,17 @@ def suspects_rule(session, progress, confidence: float | None):
     (``progress.status``). With ``confidence``, stop once the top suspect's p-value times the
     number of pairs and the number of builds so far (Bonferroni over the pairs and over the looks,
     ``ranking.confident``) is below ``1 - confidence`` and the next suspect is ``SEPARATION``
-    times less likely. Each build's tactics are read once."""
+    times less likely. Each build's tactics are read once. Only builds ``0 .. done - 1`` count (the
+    ones the hunt has taken, in order), never a later build that ``-j`` finished first: where a
+    hunt stops is the same at any ``-j``, and on a resume."""
     from bisector.build.ranking import builds_needed, confident, rank
     from bisector.build.tactics import pairs, read_tactics
 
-    known = len(hunt_builds(session))
     read: dict[int, tuple[dict[str, str], bool] | None] = {}
 
     def stop(done: int) -> str | None:
-        if done < known:
-            return None
         for i, (entry, workdir) in hunt_builds(session).items():
-            if i not in read and entry.verdict in (Verdict.GOOD, Verdict.BAD):
+            if i < done and i not in read and entry.verdict in (Verdict.GOOD, Verdict.BAD):
                 try:
                     read[i] = (pairs(read_tactics(workdir / KEPT_TACTICS)), entry.verdict == Verdict.BAD)
                 except (OSError, ValueError):
