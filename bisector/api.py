@@ -125,8 +125,9 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
         executor = make_executor(check_obj, check.to_json() if built is None else None, executor=options.executor,
                                  address=options.ray_address, gpus_per_check=options.gpus_per_check,
                                  session_dir=session.root, files=options.ray_files)
-        if executor.describe():
-            emit("plan", intro=[], notes=[executor.describe()])
+        where = executor.describe()
+        if where:
+            emit("plan", intro=[], notes=[where])
         engine = Engine(plan.strategy, plan.materializer, check_obj, session, jobs=options.jobs, executor=executor,
                         devices=list(options.devices) or None,
                         artifacts=[*options.artifacts, *(a for a in plan.artifacts if a not in options.artifacts)],
