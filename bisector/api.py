@@ -72,6 +72,9 @@ class RunOptions:
             raise UserError(f"`executor` {self.executor!r}: choose {', '.join(EXECUTORS)}")
         if self.executor != "ray" and (self.ray_address or self.gpus_per_check or self.ray_files != "auto"):
             raise UserError("`ray_address`, `gpus_per_check` and `ray_files` go with `executor` ray")
+        if self.executor == "ray" and self.devices:
+            raise UserError("`devices` hands out this machine's GPUs; with `executor` ray, Ray gives each check "
+                            "its GPUs", hint="give `gpus_per_check` instead")
 
 
 @dataclass
@@ -96,7 +99,7 @@ def run(command: Command, check: CheckSpec, options: RunOptions = RunOptions(), 
     ``built`` a Check already built from ``check`` (tests pass their own)."""
     options.validate()
     if options.executor == "ray":  # refused before a session directory is made
-        ray_options(check.to_json(), options.gpus_per_check, options.ray_files)
+        ray_options(check.to_json(), options.gpus_per_check, options.ray_files, options.ray_address)
     command, check, options = type(command)(absolute(command.options)), check.anchored(), absolute(options)
     check_obj = built if built is not None else check.build()
     command.check_outputs()

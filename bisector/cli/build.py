@@ -42,7 +42,7 @@ FLAGS = {"output": "--output", "min_good": "--min-good", "save_inputs": "--save-
          "trtexec": "--trtexec", "iter_artifact": "--iter-artifact", "hunt": "HUNT", "layer": "--layer",
          "tactic": "--tactic", "confidence": "--confidence",
          "executor": "--executor", "ray_address": "--ray-address", "gpus_per_check": "--gpus-per-check",
-         "ray_files": "--ray-files"}
+         "ray_files": "--ray-files", "devices": "--devices"}
 
 
 def render_fields(text: str | None) -> str | None:

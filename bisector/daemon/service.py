@@ -208,9 +208,10 @@ class Daemon:
             free = self._free()
             if need > len(free):
                 return
-            if self._cluster_gone():
-                if job.reason != self._cluster_down:
-                    self.store.update(job.id, only_state="queued", reason=self._cluster_down)
+            if self._cluster_gone():  # every queued job says why it waits
+                for waiting in self.store.jobs(("queued",)):
+                    if waiting.reason != self._cluster_down:
+                        self.store.update(waiting.id, only_state="queued", reason=self._cluster_down)
                 return
             self.launch(job, free[:need] if self.config.gpus else [])
 

@@ -39,6 +39,7 @@ MAX_RETRIES = 3  # tries after the first of a task lost with its worker or node
 REACH_TIMEOUT_S = 5.0  # for the cluster's address to accept a connection and answer
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # and an empty SETTINGS
 HTTP2_SETTINGS = 4  # the frame type byte of a SETTINGS frame
+MIN_GPU_SHARE = 0.0001  # the smallest fraction of a GPU Ray schedules
 WATCH_S = 2.0  # how often the cluster's GCS is asked whether it is there ...
 WATCH_MISSES = 3  # ... and after how many misses in a row the run stops (Ray's driver would exit 1 at 60 s)
 LOST_ON_RAY = "lost on the Ray cluster"  # in the stop line of a run that lost its checks (the daemon reads it)
@@ -86,7 +87,7 @@ class LocalExecutor(Executor):
         self.check.terminate()
 
 
-def ray_options(spec: dict[str, Any], gpus_per_check: float, files: str) -> None:
+def ray_options(spec: dict[str, Any], gpus_per_check: float, files: str, address: str | None = None) -> None:
     """A one-line ``UserError`` for what the ray executor cannot take (before any session is made)."""
     kind = spec.get("kind")
     if kind not in RAY_KINDS:
@@ -94,7 +95,20 @@ def ray_options(spec: dict[str, Any], gpus_per_check: float, files: str) -> None
         raise UserError(f"`executor` ray runs {', '.join(RAY_KINDS)} checks, not {article} {kind} check")
     if not 0 <= gpus_per_check < float("inf"):  # nan too
         raise UserError(f"`gpus_per_check` must be a number of GPUs from 0 up, not {gpus_per_check}")
+    if gpus_per_check > 1 and gpus_per_check != int(gpus_per_check) or 0 < gpus_per_check < MIN_GPU_SHARE:
+        raise UserError(f"`gpus_per_check` {gpus_per_check:g}: Ray takes a share of one GPU from "
+                        f"{MIN_GPU_SHARE:g} up, or a whole number of GPUs")
     one_of("`ray_files`", files, RAY_FILES)
+    if address:
+        host_port(address)
+
+
+def host_port(address: str, what: str = "`ray_address`") -> tuple[str, int]:
+    """``host:port`` (or ``ray://host:port``) split, or a one-line ``UserError``."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"{what} {address!r}: expected HOST:PORT (ray start --head prints it)")
+    return host, int(port)
 
 
 def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = REACH_TIMEOUT_S) -> None:
@@ -103,18 +117,15 @@ def reach(address: str | None, what: str = "`ray_address`", timeout_s: float = R
     not there. ``auto``, ``local`` and None are Ray's to resolve."""
     if not address or address in ("auto", "local"):
         return
-    where = address.split("://", 1)[-1]
-    host, _, port = where.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"{what} {address!r}: expected HOST:PORT (ray start --head prints it)")
+    host, port = host_port(address, what)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
             conn.sendall(HTTP2_PREFACE)  # a GCS is a gRPC server: it answers with HTTP/2 SETTINGS
             frame = conn.recv(9)
     except OSError as exc:
         raise UserError(f"{what} {address}: no Ray cluster answers ({exc.strerror or exc})",
                         hint="start one with `ray start --head`, or check the address it printed") from None
-    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:
+    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:  # (a gRPC server that is not Ray passes: ray.init says)
         raise UserError(f"{what} {address}: something answers there, but not a Ray cluster (no gRPC)",
                         hint="`ray start --head` prints the address to give")
 

@@ -421,11 +421,12 @@ def test_a_daemon_whose_ray_cluster_does_not_answer_keeps_its_queue_waiting(tmp_
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     store = Store(home)
-    job = store.add(["repeat", "--until", "1", "--check", "true"], 3, str(tmp_path))
+    jobs = [store.add(["repeat", "--until", "1", "--check", "true"], 3, str(tmp_path)) for _ in range(2)]
     daemon = Daemon(home, Config(executor="ray", ray_address="127.0.0.1:9", slots=2))
     daemon.store = store
-    daemon.start_queued()  # nothing answers at the address: the job is not started to fail
-    waiting = store.get(job)
-    assert waiting.state == "queued" and waiting.runs == 0 and not daemon.running
-    assert waiting.reason.startswith("waiting for the Ray cluster: --ray-address 127.0.0.1:9: no Ray cluster answers")
+    daemon.start_queued()  # nothing answers at the address: no job is started to fail
+    for job in jobs:
+        waiting = store.get(job)
+        assert waiting.state == "queued" and waiting.runs == 0 and not daemon.running
+        assert waiting.reason.startswith("waiting for the Ray cluster: --ray-address 127.0.0.1:9: no Ray cluster")
     store.close()

@@ -58,10 +58,17 @@ def test_an_unknown_executor_or_ray_flags_without_ray_are_user_errors(tmp_path):
     command = ReduceCommand(ReduceOptions(model=fixture_path("chain"), output=tmp_path / "r.onnx"))
     for gpus, files, words in ((float("nan"), "auto", "`gpus_per_check` must be a number of GPUs from 0 up, not nan"),
                                (float("inf"), "auto", "not inf"), (-1, "auto", "not -1"),
+                               (1.5, "auto", "Ray takes a share of one GPU from 0.0001 up, or a whole number"),
+                               (0.00001, "auto", "`gpus_per_check` 1e-05: Ray takes a share"),
                                (0, "bogus", "`ray_files` 'bogus': choose auto, shared or ship")):
         with pytest.raises(UserError, match=words):  # refused before any session directory is made
             api.run(command, FAULTY, api.RunOptions(session=tmp_path / "s", executor="ray", gpus_per_check=gpus,
                                                     ray_files=files))
+        assert not (tmp_path / "s").exists()
+    for options, words in (({"ray_address": "127.0.0.1"}, "`ray_address` '127.0.0.1': expected HOST:PORT"),
+                           ({"devices": ("0", "1")}, "`devices` hands out this machine's GPUs")):
+        with pytest.raises(UserError, match=words):
+            api.run(command, FAULTY, api.RunOptions(session=tmp_path / "s", executor="ray", **options))
         assert not (tmp_path / "s").exists()
 
 
