@@ -13,7 +13,9 @@
   task. A speculative loser is stopped with ``ray.cancel(ref, force=True)``; the task's guard
   (:mod:`bisector.engine.ray_task`) then kills the check's process group, which the worker's death
   alone would leave running. A task lost with its worker or node is retried (``MAX_RETRIES``);
-  lost every time, the session stops (``SessionAborted``: nothing journaled, resume tries again).
+  lost every time, the session stops (``SessionAborted``: nothing journaled, resume tries again),
+  and so it does when the cluster's GCS stops answering (a thread asks it every ``WATCH_S``).
+  The task runs in this process's environment (``ray_task.driver_env``) over the node's.
 
 The engine still accepts results in the strategy's order, so ``-j N`` on either gives the answer
 of ``-j 1``. Ray is imported only by :class:`RayExecutor`.
@@ -152,8 +154,10 @@ class RayExecutor(Executor):
                  ship_limit: int = ray_task.SHIP_LIMIT_BYTES):
         ray_options(spec, gpus_per_check, files)
         self.ray = import_ray()
-        if not self.ray.is_initialized():
-            reach(address) if address else reach(os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
+        if not self.ray.is_initialized() and address:
+            reach(address)
+        elif not self.ray.is_initialized():
+            reach(os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS")
         self.spec = spec
         self.gpus_per_check = gpus_per_check
         self.files = files
