@@ -23,7 +23,8 @@ START_WAIT_S = 15.0
 CANCEL_GRACE_S = 5.0
 GPUS_HELP = "GPUs to hand out, e.g. 0,1,2,3: a job gets the ones it asks for, through CUDA_VISIBLE_DEVICES"
 SLOTS_HELP = "Jobs at once on a machine without GPUs (ignored with --gpus)"
-EXECUTOR_HELP = "Where each job's checks run: local (here) or ray (the Ray cluster at --ray-address; the queue stays here)"
+EXECUTOR_HELP = ("Where each job's checks run: local (here) or ray (the Ray cluster at --ray-address; the queue "
+                 "stays here)")
 RAY_ADDRESS_HELP = "The Ray cluster for --executor ray (ray start --head prints it)"
 NOTIFY_HELP = "A command run when a job ends, with a JSON summary of the job on stdin (split like a shell, not run by one)"
 
@@ -68,8 +69,9 @@ def _config(gpus: Optional[str], slots: int, notify_cmd: Optional[str], executor
 
 
 def _reach(config) -> None:
-    """A one-line error unless the daemon's Ray cluster answers. Without an address each job finds
-    its cluster as Ray does (``RAY_ADDRESS``, one running here, or its own)."""
+    """For ``daemon start``: a one-line error unless the daemon's Ray cluster answers (``daemon
+    run``, under systemd, starts all the same and keeps its queue waiting). Without an address each
+    job finds its cluster as Ray does (``RAY_ADDRESS``, one running here, or its own)."""
     from bisector.engine.executors import reach
 
     if config.executor == "ray":
@@ -90,8 +92,7 @@ def daemon_run(
 
     from bisector.daemon.service import Daemon
 
-    config = _config(gpus, slots, notify_cmd, executor, ray_address)
-    _reach(config)
+    config = _config(gpus, slots, notify_cmd, executor, ray_address)  # a cluster that is down: the queue waits
     home, store = _store()
     store.close()
     handler = logging.StreamHandler(sys.stderr)

@@ -2,10 +2,11 @@
 their answers, and resume what a killed daemon left behind.
 
 Each job runs as ``python -m bisector <argv> --session DIR --events FILE`` (the CLI's own code
-path), in its own process group, with ``CUDA_VISIBLE_DEVICES`` set to the GPUs it was given; on a daemon started
-with ``executor="ray"`` the job gets ``--executor ray --ray-address ADDR`` too (unless its command
-line names an executor), so its checks run on the cluster while the job itself, and the queue in
-SQLite, stay here: a Ray job would die with its cluster, a queued job does not. The
+path), in its own process group, with ``CUDA_VISIBLE_DEVICES`` set to the GPUs it was given. On a
+daemon started with ``executor="ray"`` the job gets ``--executor ray --ray-address ADDR`` too
+(unless its command line names an executor), so its checks run on the cluster while the job
+itself, and the queue in SQLite, stay here: a Ray job would die with its cluster, a queued job
+does not; while the cluster does not answer, no job starts. The
 job's process dies with the daemon (``PR_SET_PDEATHSIG``), and its session is resumable: after a
 ``kill -9`` of the daemon, or a reboot, the next daemon marks the jobs it finds ``running`` as
 queued again, ends what they left (their process group, then their checks' groups with
@@ -249,8 +250,9 @@ class Daemon:
             out.write(f"--- bisector daemon: job {job.id}, run {job.runs + 1}, {time.ctime()}\n".encode())
             out.flush()
             try:
-                proc = subprocess.Popen(job_argv(job, paths["session"], paths["events"], self.config), cwd=job.cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv = job_argv(job, paths["session"], paths["events"], self.config)
+                proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT,
                                         start_new_session=True, preexec_fn=die_with_parent())
             except OSError as exc:  # its directory is gone, say: this job fails, the others go on
                 reason = f"cannot start in {job.cwd}: {exc.strerror or exc}"

@@ -214,7 +214,8 @@ class RayExecutor(Executor):
         if blind and files == "shared":
             raise UserError(f"`ray_files` shared: the session directory {session_dir} is not visible on "
                             f"{len(blind)} of the cluster's nodes ({', '.join(blind[:3])}); put it on a filesystem "
-                            f"every node sees (NFS, Lustre) with --session, or let the files travel with --ray-files ship")
+                            f"every node sees (NFS, Lustre) with --session, or let the files travel with "
+                            f"--ray-files ship")
         return bool(blind)
 
     def _blind_nodes(self, session_dir: Path) -> list[str]:

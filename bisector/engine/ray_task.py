@@ -133,7 +133,8 @@ def _unpacked(art: Artifact, shipped: dict[str, Any], root: Path) -> tuple[Artif
         value = Path(value)
         return workdir / value.relative_to(art.workdir) if value != Path(art.workdir) else workdir
 
-    inside = art.weights_dir is not None and Path(art.workdir) in [Path(art.weights_dir), *Path(art.weights_dir).parents]
+    weights = Path(art.weights_dir) if art.weights_dir is not None else None
+    inside = weights is not None and Path(art.workdir) in (weights, *weights.parents)
     moved_art = Artifact(workdir=workdir, path=moved(art.path), iteration=art.iteration, session_dir=root,
                          inputs_path=moved(art.inputs_path), weights_dir=moved(art.weights_dir) if inside else None,
                          description=art.description, extra_env=art.extra_env)
