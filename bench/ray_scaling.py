@@ -413,6 +413,17 @@ def part_e2e(root: Path) -> list[CliRun]:
     return out
 
 
+def each_executor(one, runs: list[CliRun], workers: list[int], ray_workers: list[int]) -> None:
+    """``one(executor, w, address)`` for every local ``-j w``, then on a fresh Ray cluster of ``w``
+    CPUs for every Ray ``w`` (its workers' peak count and memory go to the last run)."""
+    for w in workers:
+        one("local", w, None)
+    for w in ray_workers:
+        with ray_cluster(w) as (_, address), WorkerMemory() as mem:
+            one("ray", w, address)
+        runs[-1].ray_workers_peak, runs[-1].ray_pss_mb = mem.peak_workers, mem.peak_pss_mb
+
+
 # -- 3. reduce scaling -------------------------------------------------------------------------------
 def part_reduce(root: Path, case: str, workers: list[int], ray_workers: list[int], sleep_s: float) -> list[CliRun]:
     from fixtures import fixture_path
@@ -435,12 +446,7 @@ def part_reduce(root: Path, case: str, workers: list[int], ray_workers: list[int
               f"wall={run.wall_s:.1f}s loop={run.loop_s or 0:.1f}s rounds={run.rounds or 0:.1f} "
               f"culprits={run.culprits} {run.note}", flush=True)
 
-    for w in workers:
-        one("local", w, None)
-    for w in ray_workers:
-        with ray_cluster(w) as (_, address), WorkerMemory() as mem:
-            one("ray", w, address)
-        runs[-1].ray_workers_peak, runs[-1].ray_pss_mb = mem.peak_workers, mem.peak_pss_mb
+    each_executor(one, runs, workers, ray_workers)
     base = next((r for r in runs if r.executor == "local" and r.workers == 1 and r.status == "ok"), None)
     for r in runs:
         if base is not None and r.status == "ok":
@@ -474,12 +480,7 @@ def part_build(root: Path, workers: list[int], ray_workers: list[int], sleep_s: 
         print(f"  build  {executor:5s} -j {w:2d}: {run.status} builds={run.builds} checks={run.checks} "
               f"wall={run.wall_s:.1f}s loop={run.loop_s or 0:.1f}s {run.note}", flush=True)
 
-    for w in workers:
-        one("local", w, None)
-    for w in ray_workers:
-        with ray_cluster(w) as (_, address), WorkerMemory() as mem:
-            one("ray", w, address)
-        runs[-1].ray_workers_peak, runs[-1].ray_pss_mb = mem.peak_workers, mem.peak_pss_mb
+    each_executor(one, runs, workers, ray_workers)
     return runs
 
 
