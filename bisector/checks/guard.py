@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from bisector.checks.process_group import RECORD_NAME
+
 DONE = b"done"
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisector` finds this package
 # The guard's parent leaves at once (before any import: the worker waits only for that), so the
@@ -37,14 +39,14 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `import bisecto
 # CPU on every check).
 POLL_S = 0.05
 LAUNCH = ("import os, select, sys\nif os.fork() > 0:\n    os._exit(0)\n"
-          "record, seen, word = os.path.join(sys.argv[1], 'check.pgid'), '', b''\n"
+          f"record, seen, word = os.path.join(sys.argv[1], {RECORD_NAME!r}), '', b''\n"
           "while True:\n"
           f"    if select.select([0], [], [], {POLL_S})[0]:\n"
           "        chunk = os.read(0, 64)\n        word += chunk\n        if not chunk:\n            break\n"
           "        continue\n"
           "    try:\n        with open(record) as f:\n            seen = f.read() or seen\n"
           "    except OSError:\n        pass\n"
-          "if word != b'done':\n"
+          f"if word != {DONE!r}:\n"
           "    sys.path.insert(0, sys.argv[2])\n    from bisector.checks.guard import main\n"
           "    main(sys.argv[1], seen, *sys.argv[3:])\n")
 
@@ -84,7 +86,7 @@ def start_guard(workdir: Path, remove: Path | None = None) -> Callable[[], None]
 def guard(workdir: Path, seen: str = "", remove: Path | None = None) -> None:
     """The worker died without its word: end the check's group (recorded in the workdir, or as
     last ``seen`` there) and delete ``remove``."""
-    from bisector.checks.process_group import RECORD_NAME, GroupRecord, _end, _members, remove_record
+    from bisector.checks.process_group import GroupRecord, _end, _members, remove_record
 
     record = GroupRecord.read(Path(workdir) / RECORD_NAME) or GroupRecord.parse(seen)
     if record is not None:

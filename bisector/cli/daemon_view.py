@@ -75,7 +75,8 @@ def print_jobs(rows: list[dict[str, Any]], daemon_running: bool = True) -> None:
     for column in ("id", "name", "state", "elapsed", "progress", "answer", "command"):
         table.add_column(column)
     for r in rows:
-        answer = answer_text(r["answer"]) or (r["reason"] or "" if r["state"] in ("failed", "cancelled", "queued") else "")
+        why = r["reason"] or "" if r["state"] in ("failed", "cancelled", "queued") else ""
+        answer = answer_text(r["answer"]) or why
         state = INTERRUPTED if r["state"] == "running" and not daemon_running else r["state"]
         table.add_row(str(r["id"]), r["name"] or "", state, _clock(r["elapsed_s"]) if r["elapsed_s"] else "",
                       progress_text(r["progress"]), answer, shlex.join(r["command"]), style=_style(state))

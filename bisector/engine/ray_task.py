@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bisector.checks.base import Artifact, CheckResult, Verdict
+from bisector.checks.command import CHECK_LOG_NAME
 from bisector.errors import UserError
 
 PATH_FIELDS = ("workdir", "path", "session_dir", "inputs_path", "weights_dir")
@@ -149,7 +150,7 @@ def _stamp(path: Path) -> tuple[int, int]:
 def _made(workdir: Path, before: dict[str, tuple[int, int]], limit: int) -> dict[str, bytes]:
     """The files the check made or changed, ``check.log`` first, up to ``limit`` bytes."""
     made = [(name, f) for name, f in _files(workdir).items() if before.get(name) != _stamp(f)]
-    made.sort(key=lambda nf: (nf[0] != "check.log", nf[1].stat().st_size))
+    made.sort(key=lambda nf: (nf[0] != CHECK_LOG_NAME, nf[1].stat().st_size))
     back: dict[str, bytes] = {}
     left_out: list[str] = []
     total = 0
