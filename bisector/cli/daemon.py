@@ -28,6 +28,13 @@ EXECUTOR_HELP = ("Where each job's checks run: local (here) or ray (the Ray clus
 RAY_ADDRESS_HELP = "The Ray cluster for --executor ray (ray start --head prints it)"
 NOTIFY_HELP = "A command run when a job ends, with a JSON summary of the job on stdin (split like a shell, not run by one)"
 
+# The options `daemon run` and `daemon start` share (start hands them on to run).
+GpusOption = Annotated[Optional[str], typer.Option("--gpus", help=GPUS_HELP)]
+SlotsOption = Annotated[int, typer.Option("--slots", help=SLOTS_HELP)]
+NotifyOption = Annotated[Optional[str], typer.Option("--notify-cmd", help=NOTIFY_HELP)]
+ExecutorOption = Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)]
+RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)]
+
 daemon_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                          rich_markup_mode=None, help="Start, stop and look at the job daemon")
 
@@ -80,11 +87,11 @@ def _reach(config) -> None:
 
 @daemon_app.command("run")
 def daemon_run(
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help=GPUS_HELP)] = None,
-    slots: Annotated[int, typer.Option("--slots", help=SLOTS_HELP)] = 1,
-    notify_cmd: Annotated[Optional[str], typer.Option("--notify-cmd", help=NOTIFY_HELP)] = None,
-    executor: Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)] = None,
+    gpus: GpusOption = None,
+    slots: SlotsOption = 1,
+    notify_cmd: NotifyOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
 ):
     """Run the daemon in the foreground (for systemd); Ctrl-C or SIGTERM stops it, and its running
     jobs resume at its next start."""
@@ -106,11 +113,11 @@ def daemon_run(
 
 @daemon_app.command("start")
 def daemon_start(
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help=GPUS_HELP)] = None,
-    slots: Annotated[int, typer.Option("--slots", help=SLOTS_HELP)] = 1,
-    notify_cmd: Annotated[Optional[str], typer.Option("--notify-cmd", help=NOTIFY_HELP)] = None,
-    executor: Annotated[str, typer.Option("--executor", help=EXECUTOR_HELP)] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)] = None,
+    gpus: GpusOption = None,
+    slots: SlotsOption = 1,
+    notify_cmd: NotifyOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
 ):
     """Start the daemon in the background (its log: daemon.log in the state directory). Jobs that a
     killed daemon left running resume from their journals."""
